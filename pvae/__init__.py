@@ -1,0 +1,26 @@
+"""pvae: variational autoencoders as Pyro model/guide pairs.
+
+>>> import pvae
+>>> m = pvae.VAE(x_shape=(784,), latent_dim=50, hidden=(200, 200), activation="tanh",
+...              likelihood="bernoulli", guide="diagonal")
+>>> h = pvae.fit(m, train, objective="iwae", k=5, epochs=10, test=test)   # doctest: +SKIP
+>>> ll = pvae.log_likelihood(m, test, k=5000)                              # doctest: +SKIP
+"""
+
+from .checkpoint import load, load_checkpoint, save_checkpoint
+from .data import Data, load_dataset
+from .evaluate import active_units, ess, evaluate, log_likelihood, psis_khat
+from .handlers import scale_latents
+from .models import MODELS, VAE, PyroVAE
+from .objectives import ImportanceWeightedELBO, log_weight_terms, objective
+from .pair import ModelGuide
+from .train import History, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE", "PyroVAE", "MODELS", "ModelGuide",
+    "fit", "History", "objective", "ImportanceWeightedELBO", "log_weight_terms", "scale_latents",
+    "log_likelihood", "evaluate", "active_units", "ess", "psis_khat",
+    "load", "load_checkpoint", "save_checkpoint", "Data", "load_dataset",
+]

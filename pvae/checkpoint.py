@@ -1,0 +1,104 @@
+"""Checkpoints: ``state_dict``s plus JSON config, written atomically, read with ``weights_only=True``.
+
+A checkpoint is a dict of tensors, numbers and strings only, so ``torch.load(...,
+weights_only=True)`` can read it and a file cannot execute code on load. It holds the model's
+class name and constructor config (a JSON string), its parameters, the optimizer state, the
+random-number-generator states, the epoch, the history so far and a format version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(tmp_path)``, flush it to disk, then rename it over ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path, text: str) -> None:
+    """Write a text file atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_checkpoint(path, module, *, optimizer=None, epoch: int = 0, history=None, rng=None,
+                    fit_config=None) -> Path:
+    """Write ``module`` (and the training state) to ``path`` atomically."""
+    config = getattr(module, "config", None)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "model_class": type(module).__name__ if config is not None else None,
+        "config": json.dumps(config),
+        "model_state": module.state_dict(),
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": int(epoch),
+        "history": json.dumps(list(history or [])),
+        "fit_config": json.dumps(fit_config or {}),
+        "rng": rng or {},
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return Path(path)
+
+
+def resolve(path) -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint (a file or a run folder) safely; ``config``/``history`` come back parsed."""
+    path = resolve(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - one clear line for truncated, corrupt or unsafe files
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'}") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise ValueError(f"{path} is not a pvae checkpoint")
+    if state["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {state['format_version']}, this pvae reads "
+                         f"format {FORMAT_VERSION}")
+    for key in ("config", "history", "fit_config"):
+        state[key] = json.loads(state[key])
+    return state
+
+
+def load(path, model=None, map_location="cpu"):
+    """The trained model in a run folder or checkpoint file.
+
+    pvae's own classes are rebuilt from the stored config; for a model/guide pair of your own,
+    pass the freshly built module as ``model`` and its parameters are loaded into it.
+    """
+    from .models import MODELS
+
+    state = load_checkpoint(path, map_location)
+    if model is None:
+        cls = MODELS.get(state["model_class"] or "")
+        if cls is None:
+            raise ValueError(f"{resolve(path)} holds a model of your own ({state['model_class'] or 'no config'}): "
+                             "build it and pass it as pvae.load(path, model=...)")
+        model = cls(**state["config"])
+    model.load_state_dict(state["model_state"])
+    return model.to(map_location) if map_location is not None else model

@@ -1,0 +1,179 @@
+r"""Evaluation of any model/guide pair, per datapoint.
+
+**log p(x) by importance sampling** (Burda et al. 2016, the literature's protocol with
+k = 5000): with z_1..z_k ~ q(z|x),
+
+.. math:: \log p(x) \approx \log \frac{1}{k} \sum_{i=1}^k \frac{p(x, z_i)}{q(z_i|x)}
+          = \operatorname{logsumexp}_i \log w_i - \log k,
+
+a stochastic lower bound (L_k) in expectation that converges to log p(x) as k grows. The
+log-weights are computed per datapoint (:func:`pvae.objectives.log_weight_terms`) in chunks of
+particles and of datapoints, so memory stays bounded whatever k is.
+
+From the same draws: the ELBO (mean of log w), its reconstruction E_q[log p(x|z)] and KL
+E_q[log q(z|x) - log p(z)] terms, the importance-sampling effective sample size
+(sum w)^2 / sum w^2, and PSIS k-hat (Vehtari et al.; > 0.7 says the estimate is unreliable).
+**Active units** (Burda et al.): dimension u is active when Cov_x(E_q[u|x]) > 0.01.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
+
+from .data import Data, as_tensors
+from .objectives import guess_max_plate_nesting, log_weight_terms
+from .pair import as_pair
+
+#: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
+PARTICLES_PER_PASS = 50_000
+
+
+def _eval_x(data):
+    if isinstance(data, Data):
+        return data.eval_x()
+    return as_tensors(data)[0]
+
+
+def _reshape_like_model(x, pair):
+    shape = getattr(pair, "x_shape", None)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        if math.prod(x.shape[1:]) != math.prod(shape):
+            raise ValueError(f"data of shape {tuple(x.shape[1:])} per datapoint do not fit the model's "
+                             f"x_shape {tuple(shape)}")
+        x = x.reshape((x.shape[0],) + tuple(shape))
+    return x
+
+
+def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
+                          device=None, progress: bool = False, desc: str = "log p(x)"):
+    """Yield ``(start, terms)`` per batch of data, with ``terms`` (k, batch) tensors concatenated
+    over chunks of particles: :class:`~pvae.objectives.LogWeightTerms` fields on the CPU."""
+    pair = as_pair(model, guide, modules)
+    device = torch.device(device) if device is not None else _device_of(pair)
+    x = _reshape_like_model(_eval_x(data), pair)
+    n = x.shape[0]
+    chunk = max(1, min(k, PARTICLES_PER_PASS // max(1, min(batch_size, n))))
+    was_training = pair.training
+    pair.eval()
+    bar = tqdm(total=n, desc=desc, disable=not progress, unit="x", leave=False)
+    nesting = None
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                xb = x[start:start + batch_size].to(device)
+                if nesting is None:
+                    nesting = guess_max_plate_nesting(pair.model, pair.guide, xb)
+                parts = []
+                for c in range(0, k, chunk):
+                    with poutine.block():
+                        t = log_weight_terms(pair.model, pair.guide, xb, num_particles=min(chunk, k - c),
+                                             max_plate_nesting=nesting)
+                    parts.append((t.log_px_z.cpu(), t.log_pz.cpu(), t.log_qz.cpu()))
+                yield start, tuple(torch.cat(p, 0) for p in zip(*parts))
+                bar.update(xb.shape[0])
+    finally:
+        bar.close()
+        pair.train(was_training)
+
+
+def _device_of(module):
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100,
+                   device=None, progress: bool = True) -> torch.Tensor:
+    """Importance-sampled log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``).
+
+    ``model`` is a pvae model or any module with ``.model``/``.guide`` (or a model function with
+    ``guide=`` and ``modules=``); ``data`` anything :func:`pvae.data.as_tensors` takes.
+    """
+    if int(k) != k or k < 1:
+        raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
+    out = []
+    for _, (lpx, lpz, lqz) in iter_log_weight_terms(model, data, int(k), guide=guide, modules=modules,
+                                                    batch_size=batch_size, device=device, progress=progress):
+        out.append(torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k))
+    return torch.cat(out)
+
+
+def ess(log_weights: torch.Tensor) -> torch.Tensor:
+    """Importance-sampling effective sample size (sum w)^2 / sum w^2 along dim 0."""
+    return torch.exp(2 * torch.logsumexp(log_weights, 0) - torch.logsumexp(2 * log_weights, 0))
+
+
+def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
+    """PSIS Pareto k-hat per datapoint from log-weights of shape ``(k, n)`` (through arviz)."""
+    from ._arviz import psis_khat as _khat
+
+    return torch.as_tensor(_khat(log_weights.T.double().numpy()))
+
+
+def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=None, batch_size: int = 500,
+                 num_samples: int = 100, device=None) -> dict:
+    """Count dimensions u with Cov_x(E_q[u|x]) > ``threshold`` (Burda et al. 2016).
+
+    E_q[z|x] is the guide distribution's ``mean`` where it has one, else the average of
+    ``num_samples`` draws. Returns ``{"active": int, "variances": {site: tensor}}``.
+    """
+    pair = as_pair(model, guide, modules)
+    device = torch.device(device) if device is not None else _device_of(pair)
+    x = _reshape_like_model(_eval_x(data), pair)
+    means: dict[str, list] = {}
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size].to(device)
+            with poutine.block():
+                tr = poutine.trace(pair.guide).get_trace(xb)
+            for name, site in tr.nodes.items():
+                if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+                    continue
+                try:
+                    m = site["fn"].mean
+                except NotImplementedError:
+                    m = torch.stack([site["fn"].sample() for _ in range(num_samples)]).mean(0)
+                means.setdefault(name, []).append(m.reshape(m.shape[0], -1).cpu())
+    variances = {name: torch.cat(ms).var(0, unbiased=False) for name, ms in means.items()}
+    return {"active": int(sum(int((v > threshold).sum()) for v in variances.values())),
+            "variances": variances}
+
+
+def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100, device=None,
+             progress: bool = True, khat: bool = True, units: bool = True) -> dict:
+    """Everything pvae reports about a trained pair on ``data``, from one set of k draws each.
+
+    Returns per-datapoint tensors (``log_px``, ``elbo``, ``recon``, ``kl``, ``ess``, ``khat``) and
+    a ``summary`` dict of their means, median/max k-hat, the share of k-hat > 0.7 and the
+    number of active units.
+    """
+    if int(k) != k or k < 1:
+        raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
+    k = int(k)
+    cols = {n: [] for n in ("log_px", "elbo", "recon", "kl", "ess", "khat")}
+    for _, (lpx, lpz, lqz) in iter_log_weight_terms(model, data, k, guide=guide, modules=modules,
+                                                    batch_size=batch_size, device=device, progress=progress):
+        lw = lpx + lpz - lqz
+        cols["log_px"].append(torch.logsumexp(lw, 0) - math.log(k))
+        cols["elbo"].append(lw.mean(0))
+        cols["recon"].append(lpx.mean(0))
+        cols["kl"].append((lqz - lpz).mean(0))
+        cols["ess"].append(ess(lw))
+        if khat and k >= 5:
+            cols["khat"].append(psis_khat(lw))
+    out = {n: torch.cat(v) for n, v in cols.items() if v}
+    s = {"n": int(out["log_px"].shape[0]), "k": k}
+    for n in ("log_px", "elbo", "recon", "kl", "ess"):
+        s[n] = float(out[n].mean())
+    if "khat" in out:
+        kh = out["khat"]
+        s.update(khat_median=float(kh.median()), khat_max=float(kh.max()), khat_gt_0_7=float((kh > 0.7).double().mean()))
+    if units:
+        s["active_units"] = active_units(model, data, guide=guide, modules=modules, device=device)["active"]
+    out["summary"] = s
+    return out

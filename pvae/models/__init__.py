@@ -1,0 +1,6 @@
+"""pvae's model variants, one file each."""
+
+from .base import MODELS, PyroVAE
+from .vae import VAE
+
+__all__ = ["MODELS", "PyroVAE", "VAE"]

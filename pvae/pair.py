@@ -1,0 +1,52 @@
+"""Any model/guide pair, as one module the trainer and evaluator can drive.
+
+Users bring their own variants in either of two shapes:
+
+- an ``nn.Module`` (or ``PyroModule``) with methods ``model(x, ...)`` and ``guide(x, ...)``;
+- two plain functions plus the ``nn.Module`` (or list of modules) holding their parameters:
+  ``pvae.fit(model_fn, data, guide=guide_fn, modules=[encoder, decoder])``.
+
+Either way every sample site of a datapoint must sit inside ``pyro.plate("data", ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+
+class ModelGuide(nn.Module):
+    """Wraps plain ``model``/``guide`` functions and the modules whose parameters they use."""
+
+    def __init__(self, model: Callable, guide: Callable, modules=None):
+        super().__init__()
+        if isinstance(modules, nn.Module):
+            modules = [modules]
+        self.nets = nn.ModuleList(list(modules or []))
+        self._model, self._guide = model, guide
+        self.config = None
+
+    def model(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def guide(self, *args, **kwargs):
+        return self._guide(*args, **kwargs)
+
+
+def as_pair(model, guide=None, modules=None) -> nn.Module:
+    """``model`` (an object with ``.model``/``.guide``) or ``(model_fn, guide_fn, modules)`` -> a
+    module with ``.model`` and ``.guide``."""
+    if guide is None:
+        if not (hasattr(model, "model") and hasattr(model, "guide")):
+            raise TypeError("pass a module with .model and .guide methods, or a model function "
+                            "with guide=... (and modules=... holding their parameters)")
+        if isinstance(model, nn.Module) and modules is None:
+            return model
+        if modules is None:
+            raise TypeError(f"{type(model).__name__} has .model/.guide but is not an nn.Module; "
+                            "pass modules=... holding its parameters")
+        return ModelGuide(model.model, model.guide, modules)
+    if not (callable(model) and callable(guide)):
+        raise TypeError("model and guide must be callables")
+    return ModelGuide(model, guide, modules)

@@ -1,0 +1,223 @@
+r"""The one training loop: stochastic variational inference for any model/guide pair.
+
+Each step draws a minibatch x_B, evaluates the objective's differentiable loss
+(e.g. -ELBO = -E_q[log p(x,z) - log q(z|x)] summed over the batch) with reparameterized
+draws, and takes one step of a single ``torch.optim.Adam`` over all the module's parameters
+(faster than ``pyro.optim``, which builds one optimizer per parameter). KL warm-up multiplies
+the latent sites of model and guide by min(1, step / (warmup_epochs * steps_per_epoch)).
+
+The data live on the training device as one tensor; batches are drawn by a seeded on-device
+permutation (no DataLoader). After every epoch the test ELBO is measured, and the history and a
+checkpoint are written atomically to ``run_dir``; ``resume=`` continues from one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from pyro import poutine
+from tqdm.auto import tqdm
+
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_text
+from .data import Data, as_tensors
+from .handlers import scale_latents
+from .objectives import guess_max_plate_nesting, log_weight_terms, objective as make_objective
+from .pair import as_pair
+
+
+class History(list):
+    """Per-epoch records (dicts: ``epoch``, ``train_loss``, ``test_elbo``, ``seconds``, ...).
+
+    ``history.model`` is the trained module, ``history.run_dir`` where its files went.
+    """
+
+    model = None
+    run_dir = None
+
+    def column(self, key):
+        return [r.get(key) for r in self]
+
+    def to_csv(self) -> str:
+        keys = list(dict.fromkeys(k for r in self for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self)
+        return buf.getvalue()
+
+    def save(self, run_dir) -> None:
+        run_dir = Path(run_dir)
+        write_text(run_dir / "history.json", json.dumps(list(self), indent=1))
+        write_text(run_dir / "history.csv", self.to_csv())
+
+
+def resolve_device(device) -> torch.device:
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    return device
+
+
+def match_shape(x: torch.Tensor, pair, what: str = "data") -> torch.Tensor:
+    """Reshape ``x`` to the model's ``x_shape`` when the number of values per datapoint agrees."""
+    shape = getattr(pair, "x_shape", None)
+    if shape is None or tuple(x.shape[1:]) == tuple(shape):
+        return x
+    if math.prod(x.shape[1:]) != math.prod(shape):
+        raise ValueError(f"{what} of shape {tuple(x.shape[1:])} per datapoint do not fit the model's "
+                         f"x_shape {tuple(shape)}")
+    return x.reshape((x.shape[0],) + tuple(shape))
+
+
+@torch.no_grad()
+def mean_elbo(pair, x: torch.Tensor, batch_size: int = 1000, max_plate_nesting=None) -> float:
+    """The ELBO (one draw, no beta or warm-up) averaged over the datapoints of ``x``."""
+    total = 0.0
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s:s + batch_size]
+        with poutine.block():
+            t = log_weight_terms(pair.model, pair.guide, xb, num_particles=1, max_plate_nesting=max_plate_nesting)
+        total += float(t.log_weights.sum())
+    return total / x.shape[0]
+
+
+def _rng_state(shuffle: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1, alpha: float = 0.5,
+        epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, seed: int = 0, device=None, test=None,
+        labels=None, warmup_epochs: float = 0, run_dir=None, resume=None, progress: bool = True,
+        validate: bool = False) -> History:
+    """Train a model/guide pair by SVI and return its :class:`History`.
+
+    Args:
+        model: a pvae model, any ``nn.Module`` with ``.model``/``.guide``, or a model function
+            (then pass ``guide=`` and ``modules=``, the modules holding their parameters).
+        train, test: tensors, ``(x, y)`` tuples, :class:`pvae.data.Data`, Datasets, names or paths.
+        objective: a name from :data:`pvae.objectives.OBJECTIVES` or a Pyro ELBO instance.
+        k, alpha: particles per datapoint; Rényi alpha (objective ``"renyi"``).
+        warmup_epochs: epochs of linear KL warm-up (0: none).
+        run_dir: where config, history (JSON, CSV) and checkpoints go (None: nowhere).
+        resume: a run folder or checkpoint to continue from; training goes on to ``epochs``.
+        validate: Pyro's distribution validation (off by default: it costs time).
+    """
+    pair = as_pair(model, guide, modules)
+    if int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    device = resolve_device(device)
+    elbo = make_objective(objective, k=k, alpha=alpha) if isinstance(objective, str) else objective
+    params = [p for p in pair.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters: pass modules=... holding the nets "
+                         "that the model and guide use")
+
+    x, y, binarize = as_tensors(train, labels)
+    x = match_shape(x, pair, "training data").to(device)
+    n = x.shape[0]
+    x_test = None
+    if test is not None:
+        x_test = test.eval_x() if isinstance(test, Data) else as_tensors(test)[0]
+        x_test = match_shape(x_test, pair, "test data").to(device)
+
+    pyro.set_rng_seed(seed)
+    shuffle = torch.Generator().manual_seed(seed)
+    pair.to(device)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    fit_config = {"objective": objective if isinstance(objective, str) else type(objective).__name__,
+                  "k": k, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "device": str(device), "warmup_epochs": warmup_epochs, "n_train": n,
+                  "n_test": None if x_test is None else int(x_test.shape[0])}
+    history, start_epoch = History(), 0
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=device)
+        pair.load_state_dict(state["model_state"])
+        if state["optimizer_state"] is not None:
+            optimizer.load_state_dict(state["optimizer_state"])
+        history.extend(state["history"])
+        start_epoch = state["epoch"]
+        if state["rng"]:
+            _set_rng_state(state["rng"], shuffle)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        write_text(run_dir / "config.json", json.dumps({"model_class": type(pair).__name__,
+                                                        "model": getattr(pair, "config", None),
+                                                        "fit": fit_config}, indent=1))
+
+    steps = math.ceil(n / batch_size)
+    warmup_steps = warmup_epochs * steps
+    with pyro.validation_enabled(validate):
+        nesting = guess_max_plate_nesting(pair.model, pair.guide, x[:2])
+        if getattr(elbo, "max_plate_nesting", None) == float("inf"):
+            elbo.max_plate_nesting = nesting
+        # Pyro's RenyiELBO has no differentiable_loss: its loss_and_grads fills .grad instead
+        has_diff_loss = hasattr(elbo, "differentiable_loss")
+        for epoch in range(start_epoch, epochs):
+            pair.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=shuffle).to(device)
+            total = torch.zeros((), device=device)
+            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            for step in bar:
+                xb = x[perm[step * batch_size:(step + 1) * batch_size]]
+                if binarize == "dynamic":
+                    xb = torch.bernoulli(xb)
+                global_step = epoch * steps + step + 1
+                kl_scale = min(1.0, global_step / warmup_steps) if warmup_steps else 1.0
+                m, g = pair.model, pair.guide
+                if kl_scale < 1.0:
+                    m, g = scale_latents(m, kl_scale), scale_latents(g, kl_scale)
+                optimizer.zero_grad(set_to_none=True)
+                if has_diff_loss:
+                    loss = elbo.differentiable_loss(m, g, xb)
+                    loss.backward()
+                else:
+                    loss = torch.as_tensor(elbo.loss_and_grads(m, g, xb))
+                optimizer.step()
+                total += loss.detach()
+                if progress and (step % 20 == 0 or step == steps - 1):
+                    bar.set_postfix(loss=f"{float(total) / min(n, (step + 1) * batch_size):.2f}")
+            train_loss = float(total) / n
+            seconds = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}; the last good "
+                                         f"checkpoint{' in ' + str(run_dir) if run_dir else ''} is kept")
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, "kl_scale": kl_scale}
+            if x_test is not None:
+                pair.eval()
+                record["test_elbo"] = mean_elbo(pair, x_test, max_plate_nesting=nesting)
+            history.append(record)
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}/{epochs}  train loss {train_loss:.2f}"
+                           + (f"  test ELBO {record['test_elbo']:.2f}" if "test_elbo" in record else "")
+                           + f"  {seconds:.1f}s")
+            if run_dir is not None:
+                save_checkpoint(run_dir / CHECKPOINT, pair, optimizer=optimizer, epoch=epoch + 1,
+                                history=history, rng=_rng_state(shuffle), fit_config=fit_config)
+                history.save(run_dir)
+    pair.eval()
+    history.model, history.run_dir = pair, run_dir
+    return history
