@@ -31,7 +31,7 @@ from .objectives import guess_max_plate_nesting, log_weight_terms
 from .pair import as_pair
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
-PARTICLES_PER_PASS = 50_000
+PARTICLES_PER_PASS = 20_000
 
 
 def _eval_x(data):

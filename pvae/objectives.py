@@ -55,14 +55,28 @@ class LogWeightTerms(NamedTuple):
         return self.log_px_z + self.log_pz - self.log_qz
 
 
-def guess_max_plate_nesting(model, guide, *args, **kwargs) -> int:
-    """How many plate dims the model and guide use (one plain run of each)."""
-    with poutine.block():
+def _check_in_plate(site, data_plate: str) -> None:
+    if not any(f.name == data_plate for f in site["cond_indep_stack"]):
+        raise ValueError(
+            f"sample site {site['name']!r} is outside the data plate: pvae computes per-datapoint "
+            f"bounds, so every sample site of a datapoint must sit inside pyro.plate({data_plate!r}, ...)")
+
+
+def guess_max_plate_nesting(model, guide, *args, data_plate: str = DATA_PLATE, **kwargs) -> int:
+    """How many plate dims the model and guide use, from one plain run of each (the random-number
+    state is restored afterwards, so guessing does not change later draws). Checks on the way
+    that every sample site sits inside the data plate."""
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with poutine.block(), torch.random.fork_rng(devices=cuda):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    dims = [-f.dim for tr in (model_trace, guide_trace) for site in tr.nodes.values()
-            if site["type"] == "sample" for f in site["cond_indep_stack"] if f.vectorized]
-    return max(dims, default=0)
+    nesting = 0
+    for tr in (model_trace, guide_trace):
+        for site in tr.nodes.values():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                _check_in_plate(site, data_plate)
+                nesting = max([nesting] + [-f.dim for f in site["cond_indep_stack"] if f.vectorized])
+    return nesting
 
 
 def _scale_of(site) -> float:
@@ -77,12 +91,8 @@ def _scale_of(site) -> float:
 
 def _per_datapoint(site, num_dims: int, k: int, batch: int, data_plate: str) -> torch.Tensor:
     """Sum a site's log-prob over every dim but (particle, data) -> shape ``(k, batch)``."""
+    _check_in_plate(site, data_plate)
     frames = [f for f in site["cond_indep_stack"] if f.name == data_plate]
-    if not frames:
-        raise ValueError(
-            f"sample site {site['name']!r} is outside the data plate: pvae computes per-datapoint "
-            f"bounds, so every sample site of a datapoint must sit inside "
-            f"pyro.plate({data_plate!r}, ...)")
     lp = site["fn"].log_prob(site["value"])
     if site["mask"] is not None and site["mask"] is not True:
         lp = torch.where(torch.as_tensor(site["mask"], device=lp.device), lp, lp.new_zeros(()))
@@ -107,7 +117,7 @@ def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nest
     where the guide's distributions allow it, so the result is differentiable.
     """
     if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+        max_plate_nesting = guess_max_plate_nesting(model, guide, *args, data_plate=data_plate, **kwargs)
     num_dims = max_plate_nesting + 1
     with pyro.plate("_pvae_particles", num_particles, dim=-num_dims):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -194,7 +204,8 @@ class ImportanceWeightedELBO(ELBO):
     def per_datapoint(self, model, guide, *args, **kwargs):
         """``(L, s)``: the bound L_b of each datapoint (shape ``(batch,)``) and the outer scale s."""
         if self.max_plate_nesting == float("inf"):
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, data_plate=self.data_plate,
+                                                             **kwargs)
         t = log_weight_terms(model, guide, *args, num_particles=self.num_particles,
                              max_plate_nesting=self.max_plate_nesting, data_plate=self.data_plate, **kwargs)
         beta = t.latent_scale / t.obs_scale

@@ -1,0 +1,131 @@
+"""Figures (matplotlib, PNG). Each function takes what it draws, returns the ``Figure``, and
+writes it to ``path`` when one is given.
+
+- :func:`reconstructions`: inputs above their reconstructions E[x | z = E_q[z|x]].
+- :func:`samples`: E[x|z] for z ~ p(z).
+- :func:`latent_space`: posterior means coloured by label (first two dims, or PCA when D > 2).
+- :func:`interpolation`: decodes the straight line between two inputs' posterior means.
+- :func:`training_curves`: train loss and test ELBO per epoch.
+- :func:`khat_histogram`: PSIS k-hat per datapoint, with the 0.5 / 0.7 thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen needed; PNG files only
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _save(fig, path):
+    if path is not None:
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return fig
+
+
+def _as_images(x: torch.Tensor, image_shape=None) -> torch.Tensor:
+    """(n, ...) -> (n, H, W) or (n, H, W, C) for imshow; flat 784 / 1024 become 28x28 / 32x32."""
+    x = x.detach().float().cpu()
+    n = x.shape[0]
+    if image_shape is not None:
+        x = x.reshape((n,) + tuple(image_shape))
+    if x.dim() == 2:
+        side = math.isqrt(x.shape[1])
+        if side * side != x.shape[1]:
+            raise ValueError(f"cannot show datapoints of {x.shape[1]} values as square images")
+        x = x.reshape(n, side, side)
+    if x.dim() == 4:
+        x = x[:, 0] if x.shape[1] == 1 else x.permute(0, 2, 3, 1)
+    return x.clamp(0, 1)
+
+
+def image_grid(rows, path=None, titles=None, image_shape=None):
+    """Show a list of rows, each a tensor of images, as one grid."""
+    rows = [_as_images(r, image_shape) for r in rows]
+    ncol = max(r.shape[0] for r in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(ncol * 0.9, len(rows) * 0.95), squeeze=False)
+    for i, r in enumerate(rows):
+        for j in range(ncol):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < r.shape[0]:
+                ax.imshow(r[j], cmap="gray", vmin=0, vmax=1)
+        if titles:
+            axes[i][0].set_title(titles[i], fontsize=8, loc="left")
+    return _save(fig, path)
+
+
+def reconstructions(model, x, n: int = 10, path=None):
+    """Inputs (top) and reconstructions (bottom) of the first ``n`` datapoints."""
+    x = x[:n].to(model.device)
+    return image_grid([x, model.reconstruct(x)], path, titles=["input", "reconstruction"])
+
+
+def samples(model, n: int = 64, path=None, seed: int = 0):
+    """Prior samples E[x|z], z ~ p(z), on a square-ish grid."""
+    torch.manual_seed(seed)
+    s = model.sample(n)
+    ncol = math.ceil(math.sqrt(n))
+    return image_grid([s[i:i + ncol] for i in range(0, n, ncol)], path)
+
+
+def latent_space(model, x, labels=None, path=None, max_points: int = 5000):
+    """Posterior means, coloured by label: the first two dims, or the top two principal axes."""
+    z = model.encode(x[:max_points].to(model.device)).cpu()
+    if z.shape[1] > 2:
+        zc = z - z.mean(0)
+        _, _, v = torch.linalg.svd(zc, full_matrices=False)
+        z, axes = zc @ v[:2].T, ("PC 1 of E_q[z|x]", "PC 2 of E_q[z|x]")
+    elif z.shape[1] == 2:
+        axes = ("z_1", "z_2")
+    else:
+        z, axes = torch.cat([z, torch.zeros_like(z)], 1), ("z_1", "")
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    c = None if labels is None else labels[:max_points].cpu().numpy()
+    sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=3, cmap="tab10", alpha=0.7)
+    if c is not None:
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title("latent space")
+    return _save(fig, path)
+
+
+def interpolation(model, x_a, x_b, steps: int = 10, path=None):
+    """Decode z_t = (1-t) E_q[z|x_a] + t E_q[z|x_b] for t in [0, 1]."""
+    dev = model.device
+    za, zb = model.encode(x_a[None].to(dev)), model.encode(x_b[None].to(dev))
+    t = torch.linspace(0, 1, steps, device=dev)[:, None]
+    return image_grid([model.decode((1 - t) * za + t * zb)], path, titles=["interpolation"])
+
+
+def training_curves(history, path=None):
+    """Train loss (-objective per datapoint) and test ELBO against epochs."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ep = [r["epoch"] for r in history]
+    ax.plot(ep, [-r["train_loss"] for r in history], "o-", label="train objective (-loss)")
+    if any("test_elbo" in r for r in history):
+        ax.plot(ep, [r.get("test_elbo", float("nan")) for r in history], "s-", label="test ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def khat_histogram(khat, path=None):
+    """Histogram of PSIS k-hat per datapoint; above 0.7 the importance estimate is unreliable."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    kh = torch.as_tensor(khat).cpu().numpy()
+    ax.hist(kh, bins=40, color="tab:blue", alpha=0.8)
+    for v, ls in ((0.5, ":"), (0.7, "--")):
+        ax.axvline(v, color="k", ls=ls, label=f"k-hat = {v}")
+    ax.set_xlabel("PSIS k-hat")
+    ax.set_ylabel("datapoints")
+    ax.set_title(f"{(kh > 0.7).mean():.0%} of datapoints above 0.7")
+    ax.legend()
+    return _save(fig, path)
