@@ -24,3 +24,12 @@ __all__ = [
     "log_likelihood", "evaluate", "active_units", "ess", "psis_khat",
     "load", "load_checkpoint", "save_checkpoint", "Data", "load_dataset",
 ]
+
+
+def __getattr__(name):
+    # pvae.plots on first use: matplotlib is not imported with pvae
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module 'pvae' has no attribute {name!r}")

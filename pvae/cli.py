@@ -160,6 +160,13 @@ def cmd_demo(args):
     print(f"demo wall time: {time.perf_counter() - t0:.1f} s")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Fixed width, so the generated reference does not depend on the terminal."""
+
+    def __init__(self, prog):
+        super().__init__(prog, width=100, max_help_position=32)
+
+
 # -- the parser ---------------------------------------------------------------------------------
 def _add_data_args(p, defaults=True):
     p.add_argument("--dataset", default=EMBEDDED if defaults else None,
@@ -177,10 +184,10 @@ def _add_common(p):
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pvae", description="Variational autoencoders as Pyro model/guide pairs.")
+    ap = argparse.ArgumentParser(prog="pvae", formatter_class=_Formatter, description="Variational autoencoders as Pyro model/guide pairs.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,demo}")
 
-    t = sub.add_parser("train", help="train a VAE and evaluate it", description="Train a VAE by SVI, then "
+    t = sub.add_parser("train", formatter_class=_Formatter, help="train a VAE and evaluate it", description="Train a VAE by SVI, then "
                        "evaluate log p(x) with k importance samples; everything goes into --run-dir.")
     _add_data_args(t)
     t.add_argument("--n-train", type=int, default=None, help="use only the first N training datapoints")
@@ -205,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     _add_common(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a trained run", description="Importance-sampled test log p(x), "
+    e = sub.add_parser("eval", formatter_class=_Formatter, help="evaluate a trained run", description="Importance-sampled test log p(x), "
                        "ELBO terms, active units and PSIS k-hat of a run; writes results.json and figures.")
     e.add_argument("run", help="run folder or checkpoint")
     _add_data_args(e, defaults=False)
@@ -213,7 +220,7 @@ def parser() -> argparse.ArgumentParser:
     _add_common(e)
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("sample", help="draw samples from a trained model", description="Decode z ~ p(z) to an image grid.")
+    s = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a trained model", description="Decode z ~ p(z) to an image grid.")
     s.add_argument("run", help="run folder or checkpoint")
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", default=None, help="PNG path (default: RUN/samples.png)")
@@ -221,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
     _add_common(s)
     s.set_defaults(func=cmd_sample)
 
-    d = sub.add_parser("demo", help="the main job: a VAE on the embedded Fashion-MNIST sample",
+    d = sub.add_parser("demo", formatter_class=_Formatter, help="the main job: a VAE on the embedded Fashion-MNIST sample",
                        description="Train the default MLP VAE (784-200-200-50, tanh, Bernoulli) on the embedded "
                        "Fashion-MNIST sample (5,000 train / 1,000 test, dynamically binarized), evaluate test "
                        "log p(x) with k = 5000, and print a results table.")
@@ -232,6 +239,17 @@ def parser() -> argparse.ArgumentParser:
     _add_common(d)
     d.set_defaults(func=cmd_demo)
     return ap
+
+
+def markdown_reference() -> str:
+    """The CLI reference (docs/cli.md), generated from the parser: ``python -m pvae.cli --markdown``."""
+    ap = parser()
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    parts = ["# Command line\n", "Generated from the parser (`python -m pvae.cli --markdown > docs/cli.md`); "
+             "a test keeps it in sync.\n", "```text\n" + ap.format_help() + "```\n"]
+    for name, p in sub.choices.items():
+        parts.append(f"## pvae {name}\n\n```text\n{p.format_help()}```\n")
+    return "\n".join(parts)
 
 
 def main(argv=None) -> int:
@@ -248,4 +266,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        print(markdown_reference(), end="")
+        sys.exit(0)
     sys.exit(main())

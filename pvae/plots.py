@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed; PNG files only
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def image_grid(rows, path=None, titles=None, image_shape=None):
             ax = axes[i][j]
             ax.axis("off")
             if j < r.shape[0]:
-                ax.imshow(r[j], cmap="gray", vmin=0, vmax=1)
+                ax.imshow(r[j].numpy(), cmap="gray", vmin=0, vmax=1)
         if titles:
             axes[i][0].set_title(titles[i], fontsize=8, loc="left")
     return _save(fig, path)
@@ -86,6 +87,7 @@ def latent_space(model, x, labels=None, path=None, max_points: int = 5000):
         z, axes = torch.cat([z, torch.zeros_like(z)], 1), ("z_1", "")
     fig, ax = plt.subplots(figsize=(5, 4.5))
     c = None if labels is None else labels[:max_points].cpu().numpy()
+    z = z.numpy()
     sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=3, cmap="tab10", alpha=0.7)
     if c is not None:
         fig.colorbar(sc, ax=ax, label="label")
@@ -120,12 +122,14 @@ def training_curves(history, path=None):
 def khat_histogram(khat, path=None):
     """Histogram of PSIS k-hat per datapoint; above 0.7 the importance estimate is unreliable."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    kh = torch.as_tensor(khat).cpu().numpy()
-    ax.hist(kh, bins=40, color="tab:blue", alpha=0.8)
+    kh = torch.as_tensor(khat).cpu().double().numpy()
+    finite = kh[np.isfinite(kh)]  # arviz returns inf where a tail is too short to fit
+    ax.hist(finite, bins=40, color="tab:blue", alpha=0.8)
     for v, ls in ((0.5, ":"), (0.7, "--")):
         ax.axvline(v, color="k", ls=ls, label=f"k-hat = {v}")
     ax.set_xlabel("PSIS k-hat")
     ax.set_ylabel("datapoints")
-    ax.set_title(f"{(kh > 0.7).mean():.0%} of datapoints above 0.7")
+    ax.set_title(f"{(kh > 0.7).mean():.0%} of datapoints above 0.7"
+                 + (f" ({(~np.isfinite(kh)).sum()} not finite)" if finite.size < kh.size else ""))
     ax.legend()
     return _save(fig, path)

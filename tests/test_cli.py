@@ -1,0 +1,85 @@
+"""The ``pvae`` command end to end on the embedded sample."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pvae.cli import main
+
+TINY = ["--n-train", "300", "--n-test", "40", "--epochs", "2", "--hidden", "32", "--latent-dim", "4",
+        "--eval-k", "20", "--quiet", "--binarize", "static"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "demo"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: pvae " + command in capsys.readouterr().out
+
+
+def test_train_eval_sample_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "test log p(x)" in out and "active units" in out
+    files = {p.name for p in run.iterdir()}
+    assert {"config.json", "data.json", "history.json", "history.csv", "checkpoint.pt", "results.json", "summary.md",
+            "reconstructions.png", "samples.png", "latent_space.png", "interpolation.png", "training_curves.png",
+            "khat.png"} <= files
+    res = json.loads((run / "results.json").read_text())
+    assert res["n"] == 40 and res["k"] == 20 and res["epochs"] == 2
+    assert res["log_px"] >= res["elbo"] - 1.0 and res["log_px"] < 0
+    assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], abs=1e-3)
+    assert "| test log p(x)" in (run / "summary.md").read_text()
+
+    # eval re-reads the run's data settings; a new k is reported
+    assert main(["eval", str(run), "--k", "30", "--quiet"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    assert res["k"] == 30 and res["n"] == 40
+
+    assert main(["sample", str(run), "--n", "9", "--out", str(tmp_path / "s.png"), "--save-tensor"]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    import torch
+
+    assert torch.load(tmp_path / "s.pt", weights_only=True).shape == (9, 784)
+
+
+def test_resume_continues_a_run(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--eval-k", "0", "--run-dir", str(run)]) == 0
+    args = [a if a != "2" else "3" for a in TINY]  # epochs 2 -> 3
+    assert main(["train", *args, "--eval-k", "0", "--run-dir", str(run), "--resume", str(run)]) == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["train", "--n-train", "50", "--epochs", "0", "--beta", "-1"], "beta must be > 0"),
+    (["eval", "/no/such/run"], "no checkpoint at /no/such/run"),
+])
+def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pvae: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_script_demo_smoke(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pvae", "demo", "--smoke", "--quiet", "--run-dir", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "test log p(x)" in r.stdout and "demo wall time" in r.stdout
+    assert (tmp_path / "d" / "results.json").exists()
+
+
+def test_cli_reference_in_docs_is_generated_from_the_parser():
+    from pathlib import Path
+
+    from pvae.cli import markdown_reference
+
+    doc = Path(__file__).parent.parent / "docs" / "cli.md"
+    assert doc.read_text() == markdown_reference(), "regenerate: python -m pvae.cli --markdown > docs/cli.md"
