@@ -9,7 +9,7 @@
 
 from .checkpoint import load, load_checkpoint, save_checkpoint
 from .data import Data, load_dataset
-from .evaluate import active_units, ess, evaluate, log_likelihood, psis_khat
+from .evaluate import active_units, ess, evaluate, log_likelihood, posterior_means, psis_khat
 from .handlers import scale_latents
 from .models import MODELS, VAE, PyroVAE
 from .objectives import ImportanceWeightedELBO, log_weight_terms, objective
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE", "PyroVAE", "MODELS", "ModelGuide",
     "fit", "History", "objective", "ImportanceWeightedELBO", "log_weight_terms", "scale_latents",
-    "log_likelihood", "evaluate", "active_units", "ess", "psis_khat",
+    "log_likelihood", "evaluate", "active_units", "posterior_means", "ess", "psis_khat",
     "load", "load_checkpoint", "save_checkpoint", "Data", "load_dataset",
 ]
 

@@ -115,12 +115,12 @@ def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(_khat(log_weights.T.double().numpy()))
 
 
-def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=None, batch_size: int = 500,
-                 num_samples: int = 100, device=None) -> dict:
-    """Count dimensions u with Cov_x(E_q[u|x]) > ``threshold`` (Burda et al. 2016).
+def posterior_means(model, data, *, guide=None, modules=None, batch_size: int = 500, num_samples: int = 100,
+                    device=None) -> dict:
+    """E_q[z|x] for every latent site of the guide: ``{site: (n, size) tensor}`` on the CPU.
 
-    E_q[z|x] is the guide distribution's ``mean`` where it has one, else the average of
-    ``num_samples`` draws. Returns ``{"active": int, "variances": {site: tensor}}``.
+    Uses the guide distribution's ``mean`` where it has one, else the average of ``num_samples``
+    draws. Works for any model/guide pair, so figures and active units need no ``encode``.
     """
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else _device_of(pair)
@@ -139,7 +139,18 @@ def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=No
                 except NotImplementedError:
                     m = torch.stack([site["fn"].sample() for _ in range(num_samples)]).mean(0)
                 means.setdefault(name, []).append(m.reshape(m.shape[0], -1).cpu())
-    variances = {name: torch.cat(ms).var(0, unbiased=False) for name, ms in means.items()}
+    return {name: torch.cat(ms) for name, ms in means.items()}
+
+
+def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=None, batch_size: int = 500,
+                 num_samples: int = 100, device=None) -> dict:
+    """Count dimensions u with Cov_x(E_q[u|x]) > ``threshold`` (Burda et al. 2016).
+
+    Returns ``{"active": int, "variances": {site: tensor}}``; see :func:`posterior_means`.
+    """
+    means = posterior_means(model, data, guide=guide, modules=modules, batch_size=batch_size,
+                            num_samples=num_samples, device=device)
+    variances = {name: m.var(0, unbiased=False) for name, m in means.items()}
     return {"active": int(sum(int((v > threshold).sum()) for v in variances.values())),
             "variances": variances}
 

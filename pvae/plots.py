@@ -75,8 +75,13 @@ def samples(model, n: int = 64, path=None, seed: int = 0):
 
 
 def latent_space(model, x, labels=None, path=None, max_points: int = 5000):
-    """Posterior means, coloured by label: the first two dims, or the top two principal axes."""
-    z = model.encode(x[:max_points].to(model.device)).cpu()
+    """Posterior means, coloured by label: the first two dims, or the top two principal axes.
+
+    Works for any model/guide pair: the means come from the guide (all latent sites, concatenated).
+    """
+    from .evaluate import posterior_means
+
+    z = torch.cat(list(posterior_means(model, x[:max_points]).values()), dim=1)
     if z.shape[1] > 2:
         zc = z - z.mean(0)
         _, _, v = torch.linalg.svd(zc, full_matrices=False)
