@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .data import Data, as_tensors
 from .objectives import guess_max_plate_nesting, log_weight_terms
-from .pair import as_pair
+from .pair import as_pair, device_of, match_shape
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
@@ -40,23 +40,13 @@ def _eval_x(data):
     return as_tensors(data)[0]
 
 
-def _reshape_like_model(x, pair):
-    shape = getattr(pair, "x_shape", None)
-    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-        if math.prod(x.shape[1:]) != math.prod(shape):
-            raise ValueError(f"data of shape {tuple(x.shape[1:])} per datapoint do not fit the model's "
-                             f"x_shape {tuple(shape)}")
-        x = x.reshape((x.shape[0],) + tuple(shape))
-    return x
-
-
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
                           device=None, progress: bool = False, desc: str = "log p(x)"):
     """Yield ``(start, terms)`` per batch of data, with ``terms`` (k, batch) tensors concatenated
     over chunks of particles: :class:`~pvae.objectives.LogWeightTerms` fields on the CPU."""
     pair = as_pair(model, guide, modules)
-    device = torch.device(device) if device is not None else _device_of(pair)
-    x = _reshape_like_model(_eval_x(data), pair)
+    device = torch.device(device) if device is not None else device_of(pair)
+    x = match_shape(_eval_x(data), pair)
     n = x.shape[0]
     chunk = max(1, min(k, PARTICLES_PER_PASS // max(1, min(batch_size, n))))
     was_training = pair.training
@@ -80,11 +70,6 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     finally:
         bar.close()
         pair.train(was_training)
-
-
-def _device_of(module):
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100,
@@ -123,8 +108,8 @@ def posterior_means(model, data, *, guide=None, modules=None, batch_size: int = 
     draws. Works for any model/guide pair, so figures and active units need no ``encode``.
     """
     pair = as_pair(model, guide, modules)
-    device = torch.device(device) if device is not None else _device_of(pair)
-    x = _reshape_like_model(_eval_x(data), pair)
+    device = torch.device(device) if device is not None else device_of(pair)
+    x = match_shape(_eval_x(data), pair)
     means: dict[str, list] = {}
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):

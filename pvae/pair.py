@@ -11,8 +11,10 @@ Either way every sample site of a datapoint must sit inside ``pyro.plate("data",
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import torch
 from torch import nn
 
 
@@ -50,3 +52,21 @@ def as_pair(model, guide=None, modules=None) -> nn.Module:
     if not (callable(model) and callable(guide)):
         raise TypeError("model and guide must be callables")
     return ModelGuide(model, guide, modules)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for a module without parameters)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def match_shape(x: torch.Tensor, pair, what: str = "data") -> torch.Tensor:
+    """Reshape ``x`` to the pair's ``x_shape`` (if it declares one) when the number of values per
+    datapoint agrees; a ``ValueError`` naming both shapes when it does not."""
+    shape = getattr(pair, "x_shape", None)
+    if shape is None or tuple(x.shape[1:]) == tuple(shape):
+        return x
+    if math.prod(x.shape[1:]) != math.prod(shape):
+        raise ValueError(f"{what} of shape {tuple(x.shape[1:])} per datapoint do not fit the model's "
+                         f"x_shape {tuple(shape)}")
+    return x.reshape((x.shape[0],) + tuple(shape))

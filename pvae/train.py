@@ -29,7 +29,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_text
 from .data import Data, as_tensors
 from .handlers import scale_latents
 from .objectives import guess_max_plate_nesting, log_weight_terms, objective as make_objective
-from .pair import as_pair
+from .pair import as_pair, match_shape
 
 
 class History(list):
@@ -63,17 +63,6 @@ def resolve_device(device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
     return device
-
-
-def match_shape(x: torch.Tensor, pair, what: str = "data") -> torch.Tensor:
-    """Reshape ``x`` to the model's ``x_shape`` when the number of values per datapoint agrees."""
-    shape = getattr(pair, "x_shape", None)
-    if shape is None or tuple(x.shape[1:]) == tuple(shape):
-        return x
-    if math.prod(x.shape[1:]) != math.prod(shape):
-        raise ValueError(f"{what} of shape {tuple(x.shape[1:])} per datapoint do not fit the model's "
-                         f"x_shape {tuple(shape)}")
-    return x.reshape((x.shape[0],) + tuple(shape))
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..pair import device_of
+
 MODELS: dict[str, type] = {}
 
 
@@ -28,8 +30,7 @@ class PyroVAE(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        p = next(self.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        return device_of(self)
 
     def model(self, x=None, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
