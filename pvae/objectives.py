@@ -28,8 +28,10 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import site_is_subsample
 
 DATA_PLATE = "data"
@@ -108,6 +110,69 @@ def _per_datapoint(site, num_dims: int, k: int, batch: int, data_plate: str) -> 
     return lp.reshape(lp.shape[0], lp.shape[data_dim]).expand(k, batch)
 
 
+def vectorized_traces(model, guide, *args, num_particles: int, max_plate_nesting: int, **kwargs):
+    """``(model_trace, guide_trace)`` with ``num_particles`` draws of every latent, taken in one
+    pass along a particle dim to the left of all plates."""
+    with pyro.plate("_pvae_particles", num_particles, dim=-(max_plate_nesting + 1)):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
+def _batch_size(traces, data_plate):
+    for tr in traces:
+        for site in tr.nodes.values():
+            if site["type"] == "sample":
+                for f in site["cond_indep_stack"]:
+                    if f.name == data_plate:
+                        return f.size
+    raise ValueError(f"no sample site is inside pyro.plate({data_plate!r}, ...): pvae needs "
+                     "every sample site of a datapoint inside that plate")
+
+
+def _latent_sites(trace):
+    return [(name, site) for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
+
+
+def terms_from_traces(model_trace, guide_trace, num_particles: int, max_plate_nesting: int,
+                      data_plate: str = DATA_PLATE) -> LogWeightTerms:
+    """Per-datapoint log p(x|z), log p(z), log q(z|x) (each ``(k, batch)``) from a model trace
+    replayed against a vectorized guide trace."""
+    num_dims, k = max_plate_nesting + 1, num_particles
+    batch = _batch_size((model_trace, guide_trace), data_plate)
+    log_px_z = log_pz = log_qz = None
+    latent_scales, obs_scales = set(), set()
+
+    def add(total, lp):
+        return lp if total is None else total + lp
+
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_do_not_score"):
+            continue
+        lp = _per_datapoint(site, num_dims, k, batch, data_plate)
+        if site["is_observed"]:
+            log_px_z = add(log_px_z, lp)
+            obs_scales.add(_scale_of(site))
+        else:
+            if name not in guide_trace.nodes:
+                raise ValueError(f"latent site {name!r} of the model has no match in the guide")
+            log_pz = add(log_pz, lp)
+            latent_scales.add(_scale_of(site))
+    for name, site in _latent_sites(guide_trace):
+        log_qz = add(log_qz, _per_datapoint(site, num_dims, k, batch, data_plate))
+        latent_scales.add(_scale_of(site))
+    if len(obs_scales) > 1 or len(latent_scales) > 1:
+        raise ValueError(f"pvae's importance-weighted bounds need one scale on all observed sites "
+                         f"and one on all latent sites; found {sorted(obs_scales)} and "
+                         f"{sorted(latent_scales)}")
+    some = next(t for t in (log_px_z, log_pz, log_qz) if t is not None)
+    zero = some.new_zeros(k, batch)
+    return LogWeightTerms(*(zero if t is None else t for t in (log_px_z, log_pz, log_qz)),
+                          latent_scales.pop() if latent_scales else 1.0,
+                          obs_scales.pop() if obs_scales else 1.0)
+
+
 def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None,
                      data_plate: str = DATA_PLATE, **kwargs) -> LogWeightTerms:
     """Draw ``num_particles`` z ~ q(z|x) in one vectorized pass and return per-datapoint
@@ -118,64 +183,18 @@ def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nest
     """
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, *args, data_plate=data_plate, **kwargs)
-    num_dims = max_plate_nesting + 1
-    with pyro.plate("_pvae_particles", num_particles, dim=-num_dims):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-
-    batch = None
-    for tr in (model_trace, guide_trace):
-        for site in tr.nodes.values():
-            if site["type"] == "sample":
-                for f in site["cond_indep_stack"]:
-                    if f.name == data_plate:
-                        batch = f.size
-    if batch is None:
-        raise ValueError(f"no sample site is inside pyro.plate({data_plate!r}, ...): pvae needs "
-                         "every sample site of a datapoint inside that plate")
-
-    k = num_particles
-    zero = None
-    log_px_z = log_pz = log_qz = 0.0
-    latent_scales, obs_scales = set(), set()
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_do_not_score"):
-            continue
-        lp = _per_datapoint(site, num_dims, k, batch, data_plate)
-        zero = lp.new_zeros(k, batch) if zero is None else zero
-        if site["is_observed"]:
-            log_px_z = log_px_z + lp
-            obs_scales.add(_scale_of(site))
-        else:
-            if name not in guide_trace.nodes:
-                raise ValueError(f"latent site {name!r} of the model has no match in the guide")
-            log_pz = log_pz + lp
-            latent_scales.add(_scale_of(site))
-    for name, site in guide_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-            continue
-        log_qz = log_qz + _per_datapoint(site, num_dims, k, batch, data_plate)
-        latent_scales.add(_scale_of(site))
-    if len(obs_scales) > 1 or len(latent_scales) > 1:
-        raise ValueError(f"pvae's importance-weighted bounds need one scale on all observed sites "
-                         f"and one on all latent sites; found {sorted(obs_scales)} and "
-                         f"{sorted(latent_scales)}")
-
-    def as_tensor(t):
-        return t if isinstance(t, torch.Tensor) else zero.clone()
-
-    return LogWeightTerms(as_tensor(log_px_z), as_tensor(log_pz), as_tensor(log_qz),
-                          latent_scales.pop() if latent_scales else 1.0,
-                          obs_scales.pop() if obs_scales else 1.0)
+    model_trace, guide_trace = vectorized_traces(model, guide, *args, num_particles=num_particles,
+                                                 max_plate_nesting=max_plate_nesting, **kwargs)
+    return terms_from_traces(model_trace, guide_trace, num_particles, max_plate_nesting, data_plate)
 
 
 class ImportanceWeightedELBO(ELBO):
     r"""pvae's per-datapoint importance-weighted (alpha = 0) and Rényi-alpha bound as a Pyro ELBO.
 
-    For each datapoint b, with k particles,
+    For each datapoint b, with k particles and log-weights
+    log w_i = log p(x_b|z_i) + beta (log p(z_i) - log q(z_i|x_b)),
 
-    .. math:: L_b = \frac{1}{1-\alpha} \log \frac{1}{k} \sum_i \exp\big((1-\alpha)\,
-              [\log p(x_b|z_i) + \beta(\log p(z_i) - \log q(z_i|x_b))]\big)
+    .. math:: L_b = \frac{1}{1-\alpha} \log \frac{1}{k} \sum_i w_i^{1-\alpha}
 
     where beta is the scale on the latent sites *relative to* the observed ones (beta-VAE,
     KL warm-up). The scale on the observed sites (subsampling, a global ``poutine.scale``)
@@ -183,7 +202,8 @@ class ImportanceWeightedELBO(ELBO):
     instead puts every scale inside its logsumexp, and sums over the batch before it whenever a
     site sits outside the data plate; here that is an error.
 
-    ``differentiable_loss`` makes it usable with any torch optimizer (and DDP).
+    ``differentiable_loss`` makes it usable with any torch optimizer (and DDP). Subclasses
+    change :meth:`bound` (MIWAE, CIWAE) or the gradient estimator (DReG, STL, PIWAE).
     """
 
     def __init__(self, num_particles: int = 5, alpha: float = 0.0, max_plate_nesting=float("inf"),
@@ -192,27 +212,34 @@ class ImportanceWeightedELBO(ELBO):
             raise ValueError(f"the number of importance samples k must be an integer >= 1, got {num_particles}")
         if alpha == 1:
             raise ValueError("alpha = 1 is the ELBO's limit, not a Rényi bound: use objective 'elbo'")
-        super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting,
-                         vectorize_particles=True)
+        # Pyro's base class only holds num_particles here: pvae draws particles itself, along a
+        # dim left of ``plate_nesting`` plates (Pyro's max_plate_nesting would count that dim too)
+        super().__init__(num_particles=int(num_particles))
+        self.plate_nesting = max_plate_nesting
         self.alpha = float(alpha)
         self.data_plate = data_plate
 
     def _get_trace(self, model, guide, args, kwargs):
         """One (model, guide) trace pair, as Pyro's ELBO base class expects."""
-        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+        return get_importance_trace("flat", self._nesting(model, guide, args, kwargs), model, guide, args, kwargs)
+
+    def _nesting(self, model, guide, args, kwargs) -> int:
+        if self.plate_nesting == float("inf"):
+            self.plate_nesting = guess_max_plate_nesting(model, guide, *args, data_plate=self.data_plate, **kwargs)
+        return self.plate_nesting
+
+    def bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        """The per-datapoint bound from scaled log-weights of shape ``(k, batch)``."""
+        a = 1.0 - self.alpha
+        return (torch.logsumexp(a * log_w, dim=0) - math.log(log_w.shape[0])) / a
 
     def per_datapoint(self, model, guide, *args, **kwargs):
         """``(L, s)``: the bound L_b of each datapoint (shape ``(batch,)``) and the outer scale s."""
-        if self.max_plate_nesting == float("inf"):
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, data_plate=self.data_plate,
-                                                             **kwargs)
         t = log_weight_terms(model, guide, *args, num_particles=self.num_particles,
-                             max_plate_nesting=self.max_plate_nesting, data_plate=self.data_plate, **kwargs)
+                             max_plate_nesting=self._nesting(model, guide, args, kwargs),
+                             data_plate=self.data_plate, **kwargs)
         beta = t.latent_scale / t.obs_scale
-        lw = t.log_px_z + beta * (t.log_pz - t.log_qz)
-        a = 1.0 - self.alpha
-        bound = (torch.logsumexp(a * lw, dim=0) - math.log(self.num_particles)) / a
-        return bound, t.obs_scale
+        return self.bound(t.log_px_z + beta * (t.log_pz - t.log_qz)), t.obs_scale
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         bound, scale = self.per_datapoint(model, guide, *args, **kwargs)
@@ -228,21 +255,259 @@ class ImportanceWeightedELBO(ELBO):
         return loss.item()
 
 
+class MultiImportanceWeightedELBO(ImportanceWeightedELBO):
+    r"""MIWAE (Rainforth et al. 2018): the average of M independent K-sample IWAE bounds,
+    :math:`\frac1M \sum_m \log \frac1K \sum_k w_{mk}`, from M x K particles."""
+
+    def __init__(self, M: int = 8, K: int = 8, **kwargs):
+        for name, v in (("M", M), ("K", K)):
+            if int(v) != v or v < 1:
+                raise ValueError(f"MIWAE's {name} must be an integer >= 1, got {v}")
+        super().__init__(num_particles=int(M) * int(K), **kwargs)
+        self.M, self.K = int(M), int(K)
+
+    def bound(self, log_w):
+        g = log_w.reshape(self.M, self.K, -1)
+        return (torch.logsumexp(g, dim=1) - math.log(self.K)).mean(0)
+
+
+class CombinationIWAE(ImportanceWeightedELBO):
+    r"""CIWAE (Rainforth et al. 2018): :math:`\beta\, \mathrm{ELBO} + (1-\beta)\, \mathrm{IWAE}_k`,
+    both from the same k particles, 0 <= beta <= 1."""
+
+    def __init__(self, num_particles: int = 8, beta: float = 0.5, **kwargs):
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"CIWAE's beta must lie in [0, 1], got {beta}")
+        super().__init__(num_particles=num_particles, **kwargs)
+        self.beta = float(beta)
+
+    def bound(self, log_w):
+        iwae = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+        return self.beta * log_w.mean(0) + (1.0 - self.beta) * iwae
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``box.scale`` (reshaped to ``view``),
+    a tensor filled in after the forward pass, once the importance weights are known."""
+
+    @staticmethod
+    def forward(ctx, z, box, view):
+        ctx.box, ctx.view = box, view
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.box.scale.reshape(ctx.view), None, None
+
+
+class _Box:
+    scale: torch.Tensor
+
+
+class _Call(nn.Module):
+    """Calls any function while ``torch.func.functional_call`` has swapped ``module``'s parameters."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
+def _owner(fn):
+    """The ``nn.Module`` a (possibly handler-wrapped) method belongs to, or None."""
+    while fn is not None:
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, nn.Module):
+            return owner
+        # functools.wraps sets __wrapped__; Pyro's handlers bind (messenger, fn) as a partial
+        args = getattr(fn, "args", ())
+        fn = getattr(fn, "__wrapped__", None) or (args[-1] if args and callable(args[-1]) else None)
+    return None
+
+
+def with_detached_params(fn):
+    """``fn`` (a method of an ``nn.Module``, possibly wrapped in Pyro handlers) run with that
+    module's parameters detached: outputs still depend on the inputs, but no gradient reaches
+    the parameters."""
+    module = _owner(fn)
+    if module is None:
+        raise ValueError("DReG, STL and PIWAE gradients need the guide to be a method of an nn.Module "
+                         "(pvae.fit wraps plain functions with their modules for you)")
+    caller = _Call(module)
+
+    def run(*args, **kwargs):
+        params = {f"module.{n}": p.detach() for n, p in module.named_parameters()}
+        return torch.func.functional_call(caller, params, (fn,) + args, kwargs)
+
+    return run
+
+
+class _SurrogateELBO(ImportanceWeightedELBO):
+    r"""An importance-weighted bound whose gradient is given by per-particle weights.
+
+    With log-weights l_i = f_theta(x, z_i) computed with the guide's parameters detached in
+    log q (so phi reaches l_i only through the reparameterized z_i(phi)), the gradient is
+
+    .. math:: \nabla_\theta = \sum_i a_i \nabla_\theta l_i, \qquad
+              \nabla_\phi = \sum_i b_i \frac{\partial l_i}{\partial z_i}\frac{\partial z_i}{\partial \phi}
+              \;[ - \sum_i b_i \nabla_\phi \log q_\phi(z_i|x) ]
+
+    (the bracket only when ``path_only`` is False). One pass of the model: the surrogate is
+    sum_i a_i l_i with each z_i entering model and guide through an identity whose backward
+    multiplies by b_i / a_i. The loss *value* is :meth:`bound`.
+    """
+
+    path_only = True
+
+    def log_weights_ab(self, log_w):  # pragma: no cover - abstract
+        """``(log a, log b)``, each ``(k, batch)``, from detached log-weights."""
+        raise NotImplementedError
+
+    def per_datapoint(self, model, guide, *args, **kwargs):
+        nesting = self._nesting(model, guide, args, kwargs)
+        num_dims, k = nesting + 1, self.num_particles
+        guide_sg = with_detached_params(guide)
+        box = _Box()
+        with pyro.plate("_pvae_particles", k, dim=-num_dims):
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            scaled = guide_trace.copy()
+            for name, site in _latent_sites(guide_trace):
+                if not site["fn"].has_rsample:
+                    raise ValueError(f"{type(self).__name__} needs reparameterized latents; site {name!r} is not")
+                frame = next(f for f in site["cond_indep_stack"] if f.name == self.data_plate)
+                view = [k] + [1] * (num_dims - 1) + [1] * (site["value"].dim() - num_dims)
+                view[num_dims + frame.dim] = -1
+                scaled.nodes[name] = dict(site, value=_GradScale.apply(site["value"], box, tuple(view)))
+            model_trace = poutine.trace(poutine.replay(model, trace=scaled)).get_trace(*args, **kwargs)
+            guide_sg_trace = poutine.trace(poutine.replay(guide_sg, trace=scaled)).get_trace(*args, **kwargs)
+            if not self.path_only:
+                fixed = guide_trace.copy()
+                for name, site in _latent_sites(guide_trace):
+                    fixed.nodes[name] = dict(site, value=site["value"].detach())
+                direct_trace = poutine.trace(poutine.replay(guide, trace=fixed)).get_trace(*args, **kwargs)
+        t = terms_from_traces(model_trace, guide_sg_trace, k, nesting, self.data_plate)
+        beta = t.latent_scale / t.obs_scale
+        log_w = t.log_px_z + beta * (t.log_pz - t.log_qz)
+        value = self.bound(log_w.detach())
+        log_a, log_b = self.log_weights_ab(log_w.detach())
+        box.scale = torch.exp(log_b - log_a)
+        surrogate = (log_a.exp() * log_w).sum(0)
+        if not self.path_only:
+            batch = log_w.shape[1]
+            log_q = sum(_per_datapoint(site, num_dims, k, batch, self.data_plate)
+                        for _, site in _latent_sites(direct_trace))
+            surrogate = surrogate - beta * (log_b.exp() * log_q).sum(0)
+        return value + surrogate - surrogate.detach(), t.obs_scale
+
+
+class DReGIWAE(_SurrogateELBO):
+    r"""IWAE with doubly reparameterized gradients (Tucker et al. 2018): the model gets the
+    IWAE gradient sum_i w~_i grad l_i, the guide sum_i w~_i^2 (dl_i/dz_i)(dz_i/dphi), with
+    w~ the normalized weights. Unbiased for the IWAE gradient, with a guide-gradient variance
+    that does not blow up as k grows."""
+
+    def log_weights_ab(self, log_w):
+        log_nw = torch.log_softmax(log_w, dim=0)
+        return log_nw, 2.0 * log_nw
+
+
+class StickingTheLandingELBO(_SurrogateELBO):
+    r"""The ELBO with k particles and the sticking-the-landing gradient (Roeder et al. 2017):
+    the score term -grad_phi log q_phi(z) (zero in expectation) is dropped, so the guide's
+    gradient variance vanishes as q reaches the exact posterior."""
+
+    def bound(self, log_w):
+        return log_w.mean(0)
+
+    def log_weights_ab(self, log_w):
+        c = torch.full_like(log_w, -math.log(log_w.shape[0]))
+        return c, c
+
+
+class PartialIWAE(_SurrogateELBO):
+    r"""PIWAE (Rainforth et al. 2018): the model is trained on IWAE with M x K particles, the
+    guide on MIWAE(M, K) from the same particles (its full reparameterized gradient). The loss
+    value is the IWAE bound."""
+
+    path_only = False
+
+    def __init__(self, M: int = 8, K: int = 8, **kwargs):
+        for name, v in (("M", M), ("K", K)):
+            if int(v) != v or v < 1:
+                raise ValueError(f"PIWAE's {name} must be an integer >= 1, got {v}")
+        super().__init__(num_particles=int(M) * int(K), **kwargs)
+        self.M, self.K = int(M), int(K)
+
+    def log_weights_ab(self, log_w):
+        log_a = torch.log_softmax(log_w, dim=0)
+        g = log_w.reshape(self.M, self.K, -1)
+        log_b = (torch.log_softmax(g, dim=1) - math.log(self.M)).reshape(log_w.shape)
+        return log_a, log_b
+
+
+class PyroRenyiELBO(RenyiELBO):
+    """Pyro's ``RenyiELBO``, unchanged in value, plus the ``differentiable_loss`` it lacks, so that
+    pvae's trainer can run it as a cross-check. Its semantics are Pyro's: scales inside the
+    logsumexp, and one joint bound for the batch when any site is outside the data plate."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        particles = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            e = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    e = e + torch_sum(site["log_prob"], sum_dims)
+            for name, site in guide_trace.nodes.items():
+                if site["type"] == "sample":
+                    if not site["is_observed"] and not site["fn"].has_rsample:
+                        raise ValueError(f"pyro-renyi's differentiable_loss needs reparameterized latents; "
+                                         f"site {name!r} is not")
+                    e = e - torch_sum(site["log_prob"], sum_dims)
+            particles.append(e)
+        vectorized = self.vectorize_particles and self.num_particles > 1
+        elbo_particles = particles[0] if vectorized else torch.stack(particles)
+        a = 1.0 - self.alpha
+        log_mean_weight = torch.logsumexp(a * elbo_particles, dim=0) - math.log(self.num_particles)
+        return -log_mean_weight.sum() / a
+
+
+def set_plate_nesting(elbo: ELBO, nesting: int) -> None:
+    """Tell an ELBO how many plate dims the model uses, where it would otherwise guess."""
+    if isinstance(elbo, ImportanceWeightedELBO):
+        if elbo.plate_nesting == float("inf"):
+            elbo.plate_nesting = nesting
+    elif getattr(elbo, "max_plate_nesting", None) == float("inf"):
+        # Pyro counts the vectorized particle dim in max_plate_nesting
+        elbo.max_plate_nesting = nesting + (1 if elbo.vectorize_particles else 0)
+
+
 OBJECTIVES = {
     "elbo": "Trace_ELBO: E_q[log p(x,z) - log q(z|x)], Monte Carlo with k particles",
     "mf-elbo": "TraceMeanField_ELBO: reconstruction by Monte Carlo, KL in closed form",
     "iwae": "importance-weighted bound with k samples (pvae's per-datapoint ELBO)",
+    "iwae-dreg": "IWAE bound, doubly reparameterized gradients (Tucker et al. 2018)",
+    "stl": "ELBO with k particles, sticking-the-landing gradients (Roeder et al. 2017)",
     "renyi": "Rényi-alpha bound with k samples, alpha != 1 (pvae's per-datapoint ELBO)",
+    "miwae": "mean of M independent K-sample IWAE bounds (Rainforth et al. 2018); k = M x K",
+    "ciwae": "beta ELBO + (1 - beta) IWAE from the same k samples (Rainforth et al. 2018)",
+    "piwae": "IWAE(M x K) for the model, MIWAE(M, K) for the guide (Rainforth et al. 2018)",
+    "pyro-renyi": "Pyro's own RenyiELBO (scales inside the logsumexp), for cross-checks",
 }
 
 
-def objective(name: str = "elbo", k: int = 1, alpha: float = 0.5, **kwargs) -> ELBO:
+def objective(name: str = "elbo", k: int = 1, alpha: float = 0.5, *, M: int | None = None,
+              beta: float = 0.5, **kwargs) -> ELBO:
     """The Pyro ELBO instance behind an objective name.
 
     >>> pvae.objective("iwae", k=5).loss(m.model, m.guide, x)  # doctest: +SKIP
 
     ``k`` is the number of particles (samples of z per datapoint), drawn in one vectorized
-    pass; ``alpha`` is used by ``"renyi"`` only. Extra keyword arguments go to the ELBO.
+    pass. ``alpha`` is used by ``"renyi"`` and ``"pyro-renyi"``; ``beta`` by ``"ciwae"``; ``M``
+    (groups; K = k / M, default M = K = sqrt(k)) by ``"miwae"`` and ``"piwae"``. Extra keyword
+    arguments go to the ELBO.
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
@@ -252,6 +517,20 @@ def objective(name: str = "elbo", k: int = 1, alpha: float = 0.5, **kwargs) -> E
     if name in ("elbo", "mf-elbo"):
         cls = Trace_ELBO if name == "elbo" else TraceMeanField_ELBO
         return cls(num_particles=k, vectorize_particles=k > 1, **kwargs)
-    if name == "iwae":
-        return ImportanceWeightedELBO(num_particles=k, alpha=0.0, **kwargs)
-    return ImportanceWeightedELBO(num_particles=k, alpha=alpha, **kwargs)
+    if name in ("iwae", "renyi"):
+        return ImportanceWeightedELBO(num_particles=k, alpha=0.0 if name == "iwae" else alpha, **kwargs)
+    if name == "iwae-dreg":
+        return DReGIWAE(num_particles=k, **kwargs)
+    if name == "stl":
+        return StickingTheLandingELBO(num_particles=k, **kwargs)
+    if name == "ciwae":
+        return CombinationIWAE(num_particles=k, beta=beta, **kwargs)
+    if name == "pyro-renyi":
+        if alpha == 1:
+            raise ValueError("alpha = 1 is the ELBO's limit, not a Rényi bound: use objective 'elbo'")
+        return PyroRenyiELBO(alpha=alpha, num_particles=k, vectorize_particles=True, **kwargs)
+    M = int(M) if M is not None else max(1, math.isqrt(k))
+    if k % M:
+        raise ValueError(f"{name} splits k = {k} samples into M = {M} groups: k must be a multiple of M")
+    cls = MultiImportanceWeightedELBO if name == "miwae" else PartialIWAE
+    return cls(M=M, K=k // M, **kwargs)

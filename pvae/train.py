@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_text
 from .data import Data, as_tensors
 from .handlers import scale_latents
-from .objectives import guess_max_plate_nesting, log_weight_terms, objective as make_objective
+from .objectives import guess_max_plate_nesting, log_weight_terms, objective as make_objective, set_plate_nesting
 from .pair import as_pair, match_shape
 
 
@@ -160,8 +160,7 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     warmup_steps = warmup_epochs * steps
     with pyro.validation_enabled(validate):
         nesting = guess_max_plate_nesting(pair.model, pair.guide, x[:2])
-        if getattr(elbo, "max_plate_nesting", None) == float("inf"):
-            elbo.max_plate_nesting = nesting
+        set_plate_nesting(elbo, nesting)
         # Pyro's RenyiELBO has no differentiable_loss: its loss_and_grads fills .grad instead
         has_diff_loss = hasattr(elbo, "differentiable_loss")
         for epoch in range(start_epoch, epochs):
@@ -176,15 +175,14 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                     xb = torch.bernoulli(xb)
                 global_step = epoch * steps + step + 1
                 kl_scale = min(1.0, global_step / warmup_steps) if warmup_steps else 1.0
-                m, g = pair.model, pair.guide
-                if kl_scale < 1.0:
-                    m, g = scale_latents(m, kl_scale), scale_latents(g, kl_scale)
                 optimizer.zero_grad(set_to_none=True)
-                if has_diff_loss:
-                    loss = elbo.differentiable_loss(m, g, xb)
-                    loss.backward()
-                else:
-                    loss = torch.as_tensor(elbo.loss_and_grads(m, g, xb))
+                # warm-up scales the latent sites of model and guide alike (a no-op at scale 1)
+                with scale_latents(scale=kl_scale):
+                    if has_diff_loss:
+                        loss = elbo.differentiable_loss(pair.model, pair.guide, xb)
+                        loss.backward()
+                    else:
+                        loss = torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, xb))
                 optimizer.step()
                 total += loss.detach()
                 if progress and (step % 20 == 0 or step == steps - 1):
