@@ -8,11 +8,13 @@
 """
 
 from .checkpoint import load, load_checkpoint, save_checkpoint
+from .compare import compare
 from .data import Data, load_dataset
 from .evaluate import active_units, ess, evaluate, log_likelihood, posterior_means, psis_khat
 from .handlers import scale_latents
 from .models import MODELS, VAE, PyroVAE
-from .objectives import ImportanceWeightedELBO, log_weight_terms, objective
+from .objectives import (CombinationIWAE, DReGIWAE, ImportanceWeightedELBO, MultiImportanceWeightedELBO,
+                         PartialIWAE, PyroRenyiELBO, StickingTheLandingELBO, log_weight_terms, objective)
 from .pair import ModelGuide
 from .train import History, fit
 
@@ -20,7 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "PyroVAE", "MODELS", "ModelGuide",
-    "fit", "History", "objective", "ImportanceWeightedELBO", "log_weight_terms", "scale_latents",
+    "fit", "History", "compare", "objective", "ImportanceWeightedELBO", "MultiImportanceWeightedELBO", "CombinationIWAE",
+    "DReGIWAE", "StickingTheLandingELBO", "PartialIWAE", "PyroRenyiELBO", "log_weight_terms", "scale_latents",
     "log_likelihood", "evaluate", "active_units", "posterior_means", "ess", "psis_khat",
     "load", "load_checkpoint", "save_checkpoint", "Data", "load_dataset",
 ]

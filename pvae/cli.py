@@ -146,6 +146,18 @@ def cmd_sample(args):
     print(f"wrote {out}")
 
 
+def cmd_compare(args):
+    from .compare import compare
+
+    train, test = load_split(args, "train"), load_split(args, "test")
+    model = build_model(args, train.x.shape[1:]).config
+    out = compare(model, train, test, args.objectives, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  seed=args.seed, device=args.device, eval_k=args.eval_k, run_dir=args.run_dir,
+                  progress=not args.quiet)
+    print(out["table"])
+    print(f"run folder: {args.run_dir}")
+
+
 def cmd_demo(args):
     """Default MLP VAE on the embedded Fashion-MNIST sample, binarized dynamically."""
     for key, value in dict(dataset=EMBEDDED, data_dir=None, binarize="dynamic", n_train=None, n_test=None,
@@ -183,28 +195,38 @@ def _add_common(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_model_args(p):
+    p.add_argument("--latent-dim", type=int, default=50)
+    p.add_argument("--hidden", type=int, nargs="+", default=[200, 200], help="hidden widths of the encoder")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh")
+    p.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
+    p.add_argument("--likelihood-scale", type=float, default=None, help="fixed sigma for --likelihood gaussian")
+    p.add_argument("--guide", choices=sorted(GUIDES), default="diagonal")
+    p.add_argument("--net", choices=("mlp", "conv"), default="mlp")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE)")
+
+
+def _add_budget_args(p):
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pvae", formatter_class=_Formatter, description="Variational autoencoders as Pyro model/guide pairs.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,demo}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,compare,demo}")
 
     t = sub.add_parser("train", formatter_class=_Formatter, help="train a VAE and evaluate it", description="Train a VAE by SVI, then "
                        "evaluate log p(x) with k importance samples; everything goes into --run-dir.")
     _add_data_args(t)
     t.add_argument("--n-train", type=int, default=None, help="use only the first N training datapoints")
-    t.add_argument("--latent-dim", type=int, default=50)
-    t.add_argument("--hidden", type=int, nargs="+", default=[200, 200], help="hidden widths of the encoder")
-    t.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh")
-    t.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
-    t.add_argument("--likelihood-scale", type=float, default=None, help="fixed sigma for --likelihood gaussian")
-    t.add_argument("--guide", choices=sorted(GUIDES), default="diagonal")
-    t.add_argument("--net", choices=("mlp", "conv"), default="mlp")
-    t.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE)")
-    t.add_argument("--objective", choices=sorted(OBJECTIVES), default="elbo")
+    _add_model_args(t)
+    t.add_argument("--objective", default="elbo", metavar="SPEC",
+                   help=f"objective name or spec such as iwae:k=50, renyi:k=5,alpha=0.5, miwae:k=64,M=8 "
+                   f"(names: {', '.join(OBJECTIVES)})")
     t.add_argument("--k", type=int, default=1, help="particles (importance samples) per datapoint in training")
     t.add_argument("--alpha", type=float, default=0.5, help="alpha of the renyi objective")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=100)
-    t.add_argument("--lr", type=float, default=1e-3)
+    _add_budget_args(t)
     t.add_argument("--warmup-epochs", type=float, default=0, help="epochs of linear KL warm-up")
     t.add_argument("--eval-k", type=int, default=5000, help="importance samples for test log p(x) (0: skip)")
     t.add_argument("--run-dir", default="runs/train")
@@ -227,6 +249,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--save-tensor", action="store_true", help="also save the samples as a .pt tensor")
     _add_common(s)
     s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("compare", formatter_class=_Formatter, help="compare inference objectives",
+                       description="Train one model configuration under each objective with identical seeds, "
+                       "data and budget; evaluate every run with the same evaluator; write a table (markdown, "
+                       "CSV, JSON) and figures into --run-dir.")
+    _add_data_args(c)
+    c.add_argument("--n-train", type=int, default=None, help="use only the first N training datapoints")
+    _add_model_args(c)
+    c.add_argument("--objectives", nargs="+", default=["elbo", "iwae:k=5"], metavar="SPEC",
+                   help="objective specs, e.g. elbo mf-elbo iwae:k=5 iwae:k=50 iwae-dreg:k=50 renyi:k=5,alpha=0.5")
+    _add_budget_args(c)
+    c.add_argument("--eval-k", type=int, default=5000, help="importance samples for test log p(x)")
+    c.add_argument("--run-dir", default="runs/compare")
+    _add_common(c)
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", formatter_class=_Formatter, help="the main job: a VAE on the embedded Fashion-MNIST sample",
                        description="Train the default MLP VAE (784-200-200-50, tanh, Bernoulli) on the embedded "

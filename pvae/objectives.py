@@ -498,19 +498,42 @@ OBJECTIVES = {
 }
 
 
+SPEC_KEYS = {"k": int, "alpha": float, "M": int, "beta": float}
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``"iwae:k=50"`` or ``"renyi:k=5,alpha=0.5"`` -> ``("iwae", {"k": 50})``; a bare name has no
+    parameters. Keys: k, alpha (renyi), M (miwae, piwae), beta (ciwae)."""
+    name, _, rest = spec.partition(":")
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in SPEC_KEYS:
+            raise ValueError(f"bad objective spec {spec!r}: write NAME:key=value,... with keys {list(SPEC_KEYS)}")
+        try:
+            params[key] = SPEC_KEYS[key](value)
+        except ValueError:
+            raise ValueError(f"bad objective spec {spec!r}: {key}={value!r} is not a number") from None
+    return name, params
+
+
 def objective(name: str = "elbo", k: int = 1, alpha: float = 0.5, *, M: int | None = None,
               beta: float = 0.5, **kwargs) -> ELBO:
     """The Pyro ELBO instance behind an objective name.
 
     >>> pvae.objective("iwae", k=5).loss(m.model, m.guide, x)  # doctest: +SKIP
+    >>> pvae.objective("renyi:k=5,alpha=0.5")                   # the same as a spec string
+
 
     ``k`` is the number of particles (samples of z per datapoint), drawn in one vectorized
     pass. ``alpha`` is used by ``"renyi"`` and ``"pyro-renyi"``; ``beta`` by ``"ciwae"``; ``M``
     (groups; K = k / M, default M = K = sqrt(k)) by ``"miwae"`` and ``"piwae"``. Extra keyword
     arguments go to the ELBO.
     """
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    name, spec = parse_spec(name)
+    k, alpha, M, beta = spec.get("k", k), spec.get("alpha", alpha), spec.get("M", M), spec.get("beta", beta)
     if int(k) != k or k < 1:
         raise ValueError(f"the number of samples k must be an integer >= 1, got {k}")
     k = int(k)

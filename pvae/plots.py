@@ -138,3 +138,36 @@ def khat_histogram(khat, path=None):
                  + (f" ({(~np.isfinite(kh)).sum()} not finite)" if finite.size < kh.size else ""))
     ax.legend()
     return _save(fig, path)
+
+
+def learning_curves(histories: dict, path=None):
+    """Test ELBO (solid) and training objective (dashed) per epoch, one colour per run."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, h) in enumerate(histories.items()):
+        c = f"C{i % 10}"
+        ep = [r["epoch"] for r in h]
+        if any("test_elbo" in r for r in h):
+            ax.plot(ep, [r.get("test_elbo", float("nan")) for r in h], "-", color=c, label=f"{name} (test ELBO)")
+        ax.plot(ep, [-r["train_loss"] for r in h], "--", color=c, alpha=0.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_title("learning curves (dashed: training objective)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def per_objective(values: dict, ylabel: str, path=None, hline=None):
+    """Box plot of a per-datapoint quantity (log p(x), k-hat, ...) for each run."""
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(values)), 4))
+    data = []
+    for v in values.values():
+        v = torch.as_tensor(v).double().cpu().numpy()
+        data.append(v[np.isfinite(v)])
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(values) + 1), list(values), rotation=20, fontsize=8)
+    if hline is not None:
+        ax.axhline(hline, color="k", ls="--", lw=1)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)

@@ -101,7 +101,8 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         model: a pvae model, any ``nn.Module`` with ``.model``/``.guide``, or a model function
             (then pass ``guide=`` and ``modules=``, the modules holding their parameters).
         train, test: tensors, ``(x, y)`` tuples, :class:`pvae.data.Data`, Datasets, names or paths.
-        objective: a name from :data:`pvae.objectives.OBJECTIVES` or a Pyro ELBO instance.
+        objective: a name from :data:`pvae.objectives.OBJECTIVES`, a spec such as ``"iwae:k=50"``
+            or ``"renyi:k=5,alpha=0.5"``, or a Pyro ELBO instance.
         k, alpha: particles per datapoint; Rényi alpha (objective ``"renyi"``).
         warmup_epochs: epochs of linear KL warm-up (0: none).
         run_dir: where config, history (JSON, CSV) and checkpoints go (None: nowhere).
@@ -137,7 +138,7 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     pair.to(device)
     optimizer = torch.optim.Adam(params, lr=lr)
     fit_config = {"objective": objective if isinstance(objective, str) else type(objective).__name__,
-                  "k": k, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "k": elbo.num_particles, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                   "device": str(device), "warmup_epochs": warmup_epochs, "n_train": n,
                   "n_test": None if x_test is None else int(x_test.shape[0])}
     history, start_epoch = History(), 0
