@@ -83,6 +83,8 @@ def build_model(args, x_shape):
     from .models import VAE
 
     shape = tuple(x_shape) if args.net == "conv" else (math.prod(x_shape),)
+    if args.net == "conv" and len(shape) == 2:  # (H, W) grey images: one channel
+        shape = (1,) + shape
     return VAE(x_shape=shape, latent_dim=args.latent_dim, hidden=tuple(args.hidden), activation=args.activation,
                likelihood=args.likelihood, guide=args.guide, beta=args.beta, net=args.net,
                likelihood_scale=args.likelihood_scale)

@@ -275,6 +275,8 @@ def as_tensors(data, labels=None) -> tuple[torch.Tensor, torch.Tensor | None, st
                         f"got {type(data).__name__}")
     if labels is not None:
         y = torch.as_tensor(labels)
+    if x.is_complex():
+        raise TypeError(f"data must be real numbers, got dtype {x.dtype}")
     if not torch.is_floating_point(x):
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
     if x.shape[0] == 0:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .data import Data, as_tensors
 from .objectives import guess_max_plate_nesting, log_weight_terms
 from .pair import as_pair, device_of, match_shape
+from .validate import check_data
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
@@ -47,6 +48,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
     x = match_shape(_eval_x(data), pair)
+    check_data(x, pair, "evaluation data")
     n = x.shape[0]
     chunk = max(1, min(k, PARTICLES_PER_PASS // max(1, min(batch_size, n))))
     was_training = pair.training
@@ -59,12 +61,21 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                 xb = x[start:start + batch_size].to(device)
                 if nesting is None:
                     nesting = guess_max_plate_nesting(pair.model, pair.guide, xb)
-                parts = []
-                for c in range(0, k, chunk):
-                    with poutine.block():
-                        t = log_weight_terms(pair.model, pair.guide, xb, num_particles=min(chunk, k - c),
-                                             max_plate_nesting=nesting)
+                parts, c = [], 0
+                while c < k:
+                    try:
+                        with poutine.block():
+                            t = log_weight_terms(pair.model, pair.guide, xb, num_particles=min(chunk, k - c),
+                                                 max_plate_nesting=nesting)
+                    except torch.OutOfMemoryError:
+                        if chunk == 1:
+                            raise
+                        chunk = max(1, chunk // 2)  # out of device memory: retry with smaller chunks
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        continue
                     parts.append((t.log_px_z.cpu(), t.log_pz.cpu(), t.log_qz.cpu()))
+                    c += t.log_px_z.shape[0]
                 yield start, tuple(torch.cat(p, 0) for p in zip(*parts))
                 bar.update(xb.shape[0])
     finally:

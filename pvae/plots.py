@@ -152,7 +152,8 @@ def learning_curves(histories: dict, path=None):
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per datapoint")
     ax.set_title("learning curves (dashed: training objective)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

@@ -30,6 +30,7 @@ from .data import Data, as_tensors
 from .handlers import scale_latents
 from .objectives import guess_max_plate_nesting, log_weight_terms, objective as make_objective, set_plate_nesting
 from .pair import as_pair, match_shape
+from .validate import check_data, check_positive_int
 
 
 class History(list):
@@ -91,10 +92,23 @@ def _set_rng_state(state: dict, shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _check_args(epochs, batch_size, lr, warmup_epochs, clip_grad, on_nonfinite):
+    check_positive_int("epochs", epochs, minimum=0)
+    check_positive_int("batch_size", batch_size)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not warmup_epochs >= 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    if clip_grad is not None and not clip_grad > 0:
+        raise ValueError(f"clip_grad must be > 0 (or None), got {clip_grad}")
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+
+
 def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1, alpha: float = 0.5,
         epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, seed: int = 0, device=None, test=None,
         labels=None, warmup_epochs: float = 0, run_dir=None, resume=None, progress: bool = True,
-        validate: bool = False) -> History:
+        clip_grad: float | None = None, on_nonfinite: str = "stop", validate: bool = False) -> History:
     """Train a model/guide pair by SVI and return its :class:`History`.
 
     Args:
@@ -107,17 +121,14 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         warmup_epochs: epochs of linear KL warm-up (0: none).
         run_dir: where config, history (JSON, CSV) and checkpoints go (None: nowhere).
         resume: a run folder or checkpoint to continue from; training goes on to ``epochs``.
+        clip_grad: clip the gradients' global norm to this value (None: no clipping).
+        on_nonfinite: a NaN/inf loss or gradient ``"stop"``s training with a ``FloatingPointError``
+            naming the epoch and step (the last good checkpoint stays), or is ``"skip"``ped: the
+            batch is dropped and the learning rate halved (10 in a row stop training).
         validate: Pyro's distribution validation (off by default: it costs time).
     """
     pair = as_pair(model, guide, modules)
-    if int(epochs) != epochs or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs}")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    _check_args(epochs, batch_size, lr, warmup_epochs, clip_grad, on_nonfinite)
     device = resolve_device(device)
     elbo = make_objective(objective, k=k, alpha=alpha) if isinstance(objective, str) else objective
     params = [p for p in pair.parameters() if p.requires_grad]
@@ -126,21 +137,25 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                          "that the model and guide use")
 
     x, y, binarize = as_tensors(train, labels)
-    x = match_shape(x, pair, "training data").to(device)
+    x = match_shape(x, pair, "training data")
+    check_data(x, pair, "training data")
+    x = x.to(device)
     n = x.shape[0]
     x_test = None
     if test is not None:
-        x_test = test.eval_x() if isinstance(test, Data) else as_tensors(test)[0]
-        x_test = match_shape(x_test, pair, "test data").to(device)
+        x_test = match_shape(test.eval_x() if isinstance(test, Data) else as_tensors(test)[0], pair, "test data")
+        check_data(x_test, pair, "test data")
+        x_test = x_test.to(device)
 
     pyro.set_rng_seed(seed)
     shuffle = torch.Generator().manual_seed(seed)
     pair.to(device)
     optimizer = torch.optim.Adam(params, lr=lr)
     fit_config = {"objective": objective if isinstance(objective, str) else type(objective).__name__,
-                  "k": elbo.num_particles, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                  "device": str(device), "warmup_epochs": warmup_epochs, "n_train": n,
-                  "n_test": None if x_test is None else int(x_test.shape[0])}
+                  "k": elbo.num_particles, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                  "seed": seed, "device": str(device), "warmup_epochs": warmup_epochs, "n_train": n,
+                  "n_test": None if x_test is None else int(x_test.shape[0]), "clip_grad": clip_grad,
+                  "on_nonfinite": on_nonfinite}
     history, start_epoch = History(), 0
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
@@ -156,19 +171,25 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         write_text(run_dir / "config.json", json.dumps({"model_class": type(pair).__name__,
                                                         "model": getattr(pair, "config", None),
                                                         "fit": fit_config}, indent=1))
+    where = f" in {run_dir}" if run_dir else ""
 
     steps = math.ceil(n / batch_size)
     warmup_steps = warmup_epochs * steps
+    # on the CPU a host sync is free: check every step before it touches the parameters; on a
+    # GPU keep the first bad step on the device and look every 50 steps (no sync in the hot loop)
+    check_now = device.type == "cpu" or on_nonfinite == "skip"
     with pyro.validation_enabled(validate):
         nesting = guess_max_plate_nesting(pair.model, pair.guide, x[:2])
         set_plate_nesting(elbo, nesting)
         # Pyro's RenyiELBO has no differentiable_loss: its loss_and_grads fills .grad instead
         has_diff_loss = hasattr(elbo, "differentiable_loss")
+        skipped_in_a_row = 0
         for epoch in range(start_epoch, epochs):
             pair.train()
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=shuffle).to(device)
-            total = torch.zeros((), device=device)
+            total, seen = torch.zeros((), device=device), 0
+            first_bad = torch.full((), -1, device=device, dtype=torch.long)
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
             for step in bar:
                 xb = x[perm[step * batch_size:(step + 1) * batch_size]]
@@ -184,15 +205,37 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                         loss.backward()
                     else:
                         loss = torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, xb))
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+                finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+                if check_now:
+                    if not bool(finite):
+                        if on_nonfinite == "stop":
+                            raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step "
+                                                     f"{step + 1}; the last good checkpoint{where} is kept")
+                        skipped_in_a_row += 1
+                        for group in optimizer.param_groups:
+                            group["lr"] *= 0.5
+                        tqdm.write(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient, batch "
+                                   f"skipped, lr halved to {optimizer.param_groups[0]['lr']:.3g}")
+                        if skipped_in_a_row >= 10:
+                            raise FloatingPointError(f"10 non-finite steps in a row at epoch {epoch + 1}, step "
+                                                     f"{step + 1}; the last good checkpoint{where} is kept")
+                        continue
+                    skipped_in_a_row = 0
+                else:
+                    first_bad = torch.where((first_bad < 0) & ~finite, step + 1, first_bad)
+                    if step % 50 == 49 and int(first_bad) >= 0:
+                        break
                 optimizer.step()
                 total += loss.detach()
+                seen += xb.shape[0]
                 if progress and (step % 20 == 0 or step == steps - 1):
-                    bar.set_postfix(loss=f"{float(total) / min(n, (step + 1) * batch_size):.2f}")
-            train_loss = float(total) / n
+                    bar.set_postfix(loss=f"{float(total) / seen:.2f}")
+            if int(first_bad) >= 0:
+                raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step {int(first_bad)}; "
+                                         f"the last good checkpoint{where} is kept")
+            train_loss = float(total) / max(seen, 1)
             seconds = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}; the last good "
-                                         f"checkpoint{' in ' + str(run_dir) if run_dir else ''} is kept")
             record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, "kl_scale": kl_scale}
             if x_test is not None:
                 pair.eval()

@@ -12,7 +12,7 @@ TINY = ["--n-train", "300", "--n-test", "40", "--epochs", "2", "--hidden", "32",
         "--eval-k", "20", "--quiet", "--binarize", "static"]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "sample", "demo"])
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "compare", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
