@@ -114,10 +114,12 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     Args:
         model: a pvae model, any ``nn.Module`` with ``.model``/``.guide``, or a model function
             (then pass ``guide=`` and ``modules=``, the modules holding their parameters).
-        train, test: tensors, ``(x, y)`` tuples, :class:`pvae.data.Data`, Datasets, names or paths.
+        train: tensors, ``(x, y)`` tuples, :class:`pvae.data.Data`, Datasets, names or paths.
+        test: evaluated after every epoch (test ELBO); the same kinds as ``train``, or None.
         objective: a name from :data:`pvae.objectives.OBJECTIVES`, a spec such as ``"iwae:k=50"``
             or ``"renyi:k=5,alpha=0.5"``, or a Pyro ELBO instance.
-        k, alpha: particles per datapoint; Rényi alpha (objective ``"renyi"``).
+        k: particles (samples of z) per datapoint.
+        alpha: Rényi alpha (objective ``"renyi"``).
         warmup_epochs: epochs of linear KL warm-up (0: none).
         run_dir: where config, history (JSON, CSV) and checkpoints go (None: nowhere).
         resume: a run folder or checkpoint to continue from; training goes on to ``epochs``.
