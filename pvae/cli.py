@@ -81,13 +81,21 @@ def summary_markdown(s: dict, run_dir: Path) -> str:
 
 def build_model(args, x_shape):
     from .models import VAE
+    from .presets import PRESETS, preset
+
+    options = dict(rank=args.rank, flow_steps=args.flow_steps)
+    if args.preset:
+        if args.preset not in PRESETS:
+            raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+        extra = {"inference": args.inference} if "latent_dims" in PRESETS[args.preset][1] else {}
+        return preset(args.preset, guide=args.guide, beta=args.beta, **options, **extra)
 
     shape = tuple(x_shape) if args.net == "conv" else (math.prod(x_shape),)
     if args.net == "conv" and len(shape) == 2:  # (H, W) grey images: one channel
         shape = (1,) + shape
     return VAE(x_shape=shape, latent_dim=args.latent_dim, hidden=tuple(args.hidden), activation=args.activation,
                likelihood=args.likelihood, guide=args.guide, beta=args.beta, net=args.net,
-               likelihood_scale=args.likelihood_scale)
+               likelihood_scale=args.likelihood_scale, **options)
 
 
 def cmd_train(args):
@@ -165,6 +173,7 @@ def cmd_demo(args):
     for key, value in dict(dataset=EMBEDDED, data_dir=None, binarize="dynamic", n_train=None, n_test=None,
                            latent_dim=50, hidden=[200, 200], activation="tanh", likelihood="bernoulli",
                            guide="diagonal", beta=1.0, net="mlp", likelihood_scale=None, objective="elbo",
+                           preset=None, inference="bottom-up", rank=None, flow_steps=None,
                            k=1, alpha=0.5, batch_size=100, lr=1e-3, warmup_epochs=0, resume=None).items():
         setattr(args, key, value)
     if args.smoke:
@@ -198,12 +207,18 @@ def _add_common(p):
 
 
 def _add_model_args(p):
+    p.add_argument("--preset", default=None, help="the IWAE paper's nets: iwae-1layer or iwae-2layer (a "
+                   "two-layer HierarchicalVAE); replaces the size arguments")
+    p.add_argument("--inference", choices=("bottom-up", "ladder"), default="bottom-up",
+                   help="inference network of the two-layer preset")
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, nargs="+", default=[200, 200], help="hidden widths of the encoder")
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh")
     p.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
     p.add_argument("--likelihood-scale", type=float, default=None, help="fixed sigma for --likelihood gaussian")
     p.add_argument("--guide", choices=sorted(GUIDES), default="diagonal")
+    p.add_argument("--rank", type=int, default=None, help="rank of the lowrank guide (default 2)")
+    p.add_argument("--flow-steps", type=int, default=None, help="IAF steps of the iaf guide (default 2)")
     p.add_argument("--net", choices=("mlp", "conv"), default="mlp")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE)")
 

@@ -77,6 +77,7 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
                **{key: s.get(key, float("nan")) for key, _ in COLUMNS[3:]}}
         rows.append(row)
         runs[spec] = {"history": h, "eval": res, "model": h.model}
+        torch.save({k: v for k, v in res.items() if k != "summary"}, run_dir / _slug(spec) / "eval.pt")
         if progress:
             print(f"{spec}: test log p(x) {row['log_px']:.2f}, ELBO {row['elbo']:.2f}, "
                   f"{row['active_units']} active units, {train_seconds:.0f} s")
@@ -92,7 +93,7 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
     write_text(run_dir / "compare.json", json.dumps(rows, indent=1))
     plots.learning_curves({s: r["history"] for s, r in runs.items()}, path=run_dir / "learning_curves.png")
     plots.per_objective({s: r["eval"]["log_px"] for s, r in runs.items()}, "test log p(x) per datapoint",
-                        path=run_dir / "log_px.png")
+                        path=run_dir / "log_px.png", paired=len(runs) > 1)
     if all("khat" in r["eval"] for r in runs.values()):
         plots.per_objective({s: r["eval"]["khat"] for s, r in runs.items()}, "PSIS k-hat per datapoint",
                             path=run_dir / "khat.png", hline=0.7)

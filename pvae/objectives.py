@@ -255,16 +255,20 @@ class ImportanceWeightedELBO(ELBO):
         return loss.item()
 
 
+def _groups(what: str, M, K) -> tuple[int, int]:
+    for name, v in (("M", M), ("K", K)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"{what}'s {name} must be an integer >= 1, got {v}")
+    return int(M), int(K)
+
+
 class MultiImportanceWeightedELBO(ImportanceWeightedELBO):
     r"""MIWAE (Rainforth et al. 2018): the average of M independent K-sample IWAE bounds,
     :math:`\frac1M \sum_m \log \frac1K \sum_k w_{mk}`, from M x K particles."""
 
     def __init__(self, M: int = 8, K: int = 8, **kwargs):
-        for name, v in (("M", M), ("K", K)):
-            if int(v) != v or v < 1:
-                raise ValueError(f"MIWAE's {name} must be an integer >= 1, got {v}")
-        super().__init__(num_particles=int(M) * int(K), **kwargs)
-        self.M, self.K = int(M), int(K)
+        self.M, self.K = _groups("MIWAE", M, K)
+        super().__init__(num_particles=self.M * self.K, **kwargs)
 
     def bound(self, log_w):
         g = log_w.reshape(self.M, self.K, -1)
@@ -434,11 +438,8 @@ class PartialIWAE(_SurrogateELBO):
     path_only = False
 
     def __init__(self, M: int = 8, K: int = 8, **kwargs):
-        for name, v in (("M", M), ("K", K)):
-            if int(v) != v or v < 1:
-                raise ValueError(f"PIWAE's {name} must be an integer >= 1, got {v}")
-        super().__init__(num_particles=int(M) * int(K), **kwargs)
-        self.M, self.K = int(M), int(K)
+        self.M, self.K = _groups("PIWAE", M, K)
+        super().__init__(num_particles=self.M * self.K, **kwargs)
 
     def log_weights_ab(self, log_w):
         log_a = torch.log_softmax(log_w, dim=0)
@@ -472,6 +473,28 @@ class PyroRenyiELBO(RenyiELBO):
         a = 1.0 - self.alpha
         log_mean_weight = torch.logsumexp(a * elbo_particles, dim=0) - math.log(self.num_particles)
         return -log_mean_weight.sum() / a
+
+
+def check_mean_field(elbo: ELBO, pair, *args, **kwargs) -> None:
+    """``TraceMeanField_ELBO`` silently falls back to Monte Carlo where no closed-form KL is
+    registered, and is wrong for a guide whose dependency structure differs from the model's
+    (a bottom-up hierarchy). Say so instead."""
+    if not isinstance(elbo, TraceMeanField_ELBO):
+        return
+    if getattr(pair, "mean_field_valid", True) is False:
+        raise ValueError(f"mf-elbo is not valid for {type(pair).__name__} with this guide: the guide's latents "
+                         "depend on each other in another order than the model's; use 'elbo' or an "
+                         "importance-weighted objective")
+    with poutine.block(), torch.random.fork_rng(devices=[]), torch.no_grad():
+        guide_trace = poutine.trace(pair.guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args, **kwargs)
+    for name, site in _latent_sites(guide_trace):
+        q, p = site["fn"], model_trace.nodes[name]["fn"]
+        try:
+            torch.distributions.kl_divergence(q, p)
+        except NotImplementedError:
+            raise ValueError(f"mf-elbo needs a closed-form KL(q || p) for site {name!r} and none is registered "
+                             f"for {type(q).__name__} against {type(p).__name__}; use 'elbo' (Monte Carlo)") from None
 
 
 def set_plate_nesting(elbo: ELBO, nesting: int) -> None:

@@ -158,17 +158,24 @@ def learning_curves(histories: dict, path=None):
     return _save(fig, path)
 
 
-def per_objective(values: dict, ylabel: str, path=None, hline=None):
-    """Box plot of a per-datapoint quantity (log p(x), k-hat, ...) for each run."""
+def per_objective(values: dict, ylabel: str, path=None, hline=None, paired: bool = False):
+    """Box plot of a per-datapoint quantity (log p(x), k-hat, ...) for each run, with its mean (dot).
+
+    ``paired=True`` plots each run's difference to the first run on the same datapoints, which
+    removes the (large) spread between datapoints and shows what the runs change.
+    """
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(values)), 4))
-    data = []
-    for v in values.values():
-        v = torch.as_tensor(v).double().cpu().numpy()
-        data.append(v[np.isfinite(v)])
+    arrays = [torch.as_tensor(v).double().cpu().numpy() for v in values.values()]
+    if paired:
+        arrays = [a - arrays[0] for a in arrays]
+        ylabel = f"{ylabel} minus {list(values)[0]}'s"
+    data = [a[np.isfinite(a)] for a in arrays]
     ax.boxplot(data, showfliers=False)
+    ax.plot(range(1, len(data) + 1), [d.mean() if d.size else np.nan for d in data], "o", color="C3", label="mean")
     ax.set_xticks(range(1, len(values) + 1), list(values), rotation=20, fontsize=8)
     if hline is not None:
         ax.axhline(hline, color="k", ls="--", lw=1)
     ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_text
 from .data import Data, as_tensors
 from .handlers import scale_latents
-from .objectives import guess_max_plate_nesting, log_weight_terms, objective as make_objective, set_plate_nesting
+from .objectives import (check_mean_field, guess_max_plate_nesting, log_weight_terms, objective as make_objective,
+                         set_plate_nesting)
 from .pair import as_pair, match_shape
 from .validate import check_data, check_positive_int
 
@@ -183,6 +184,7 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     with pyro.validation_enabled(validate):
         nesting = guess_max_plate_nesting(pair.model, pair.guide, x[:2])
         set_plate_nesting(elbo, nesting)
+        check_mean_field(elbo, pair, x[:2])
         # Pyro's RenyiELBO has no differentiable_loss: its loss_and_grads fills .grad instead
         has_diff_loss = hasattr(elbo, "differentiable_loss")
         skipped_in_a_row = 0

@@ -1,6 +1,7 @@
 """pvae's model variants, one file each."""
 
 from .base import MODELS, PyroVAE
+from .hierarchical import HierarchicalVAE
 from .vae import VAE
 
-__all__ = ["MODELS", "PyroVAE", "VAE"]
+__all__ = ["MODELS", "PyroVAE", "VAE", "HierarchicalVAE"]

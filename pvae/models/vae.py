@@ -20,11 +20,10 @@ from __future__ import annotations
 import math
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from ..guides import make_guide
+from ..guides import make_guide, standard_normal
 from ..likelihoods import make_likelihood
 from ..nets import MLP, ConvDecoder, ConvEncoder
 from .base import PyroVAE
@@ -40,14 +39,17 @@ class VAE(PyroVAE):
             ``net="conv"`` the last width is the size of the conv encoder's features.
         activation: ``"tanh"``, ``"relu"``, ... (see :data:`pvae.nets.ACTIVATIONS`).
         likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"continuous-bernoulli"``.
-        guide: guide family, ``"diagonal"``.
+        guide: guide family: ``"diagonal"``, ``"fullcov"``, ``"lowrank"`` or ``"iaf"``.
         beta: weight of the KL term (> 0).
         net: ``"mlp"`` or ``"conv"`` (images of 28x28 or 32x32).
         likelihood_scale: fixed sigma of the Gaussian likelihood (None: learned per value).
+        rank: rank of the ``"lowrank"`` guide's covariance factor (default 2).
+        flow_steps: number of IAF steps of the ``"iaf"`` guide (default 2).
     """
 
     def __init__(self, x_shape=(784,), latent_dim=50, hidden=(200, 200), activation="tanh",
-                 likelihood="bernoulli", guide="diagonal", beta=1.0, net="mlp", likelihood_scale=None):
+                 likelihood="bernoulli", guide="diagonal", beta=1.0, net="mlp", likelihood_scale=None,
+                 rank=None, flow_steps=None):
         x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
         if not x_shape or min(x_shape) < 1:
             raise ValueError(f"x_shape must be a non-empty tuple of positive sizes, got {x_shape}")
@@ -59,7 +61,7 @@ class VAE(PyroVAE):
             raise ValueError(f"beta must be > 0, got {beta}")
         super().__init__(x_shape=list(x_shape), latent_dim=int(latent_dim), hidden=list(hidden),
                          activation=activation, likelihood=likelihood, guide=guide, beta=float(beta),
-                         net=net, likelihood_scale=likelihood_scale)
+                         net=net, likelihood_scale=likelihood_scale, rank=rank, flow_steps=flow_steps)
         self.x_shape, self.latent_dim, self.beta = x_shape, int(latent_dim), float(beta)
         self.likelihood = make_likelihood(likelihood, x_shape, likelihood_scale)
         P = self.likelihood.num_params
@@ -71,14 +73,14 @@ class VAE(PyroVAE):
             self.decoder = ConvDecoder(latent_dim, x_shape, P, activation_name=activation)
         else:
             raise ValueError(f"unknown net {net!r}; choose 'mlp' or 'conv'")
-        self.q = make_guide(guide, hidden[-1], latent_dim)
+        self.q = make_guide(guide, hidden[-1], latent_dim, rank=rank, flow_steps=flow_steps)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
     # -- the generative model p(z) p(x|z) and the amortized guide q(z|x) ------------------------
     def prior(self, n: int):
-        """p(z) = N(0, I) for a batch of n datapoints."""
-        zeros = self._zero.expand(n, self.latent_dim)
-        return dist.Normal(zeros, 1.0).to_event(1)
+        """p(z) = N(0, I) for a batch of n datapoints (an MVN when the guide is one, so that
+        the KL term has a closed form)."""
+        return standard_normal(self._zero.expand(n, self.latent_dim), self.q.multivariate)
 
     def decoder_params(self, z):
         """Decoder output reshaped to ``(*batch, num_params, *x_shape)``."""
