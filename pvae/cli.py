@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -113,6 +114,8 @@ def cmd_train(args):
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, test=test,
             warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
     data = {k: getattr(args, k) for k in ("dataset", "data_dir", "binarize", "n_test")}
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun: rank 0 evaluates and writes the run's files
     write_text(run_dir / "data.json", json.dumps(data, indent=1))
     if args.eval_k > 0:
         s = report(h.model, test, run_dir, args.eval_k, history=h, progress=not args.quiet, seed=args.seed)
@@ -160,7 +163,9 @@ def cmd_compare(args):
     from .compare import compare
 
     train, test = load_split(args, "train"), load_split(args, "test")
-    model = build_model(args, train.x.shape[1:]).config
+    def model():  # called after compare() seeds: every objective starts from the same weights
+        return build_model(args, train.x.shape[1:])
+
     out = compare(model, train, test, args.objectives, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   seed=args.seed, device=args.device, eval_k=args.eval_k, run_dir=args.run_dir,
                   progress=not args.quiet)

@@ -111,17 +111,14 @@ def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(_khat(log_weights.T.double().numpy()))
 
 
-def posterior_means(model, data, *, guide=None, modules=None, batch_size: int = 500, num_samples: int = 100,
-                    device=None) -> dict:
-    """E_q[z|x] for every latent site of the guide: ``{site: (n, size) tensor}`` on the CPU.
-
-    Uses the guide distribution's ``mean`` where it has one, else the average of ``num_samples``
-    draws. Works for any model/guide pair, so figures and active units need no ``encode``.
-    """
+def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int = 500, num_samples: int = 1000,
+                       device=None):
+    """``({site: E_q[z|x]}, {site: Monte Carlo noise variance of that mean, averaged over x})``."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
     x = match_shape(_eval_x(data), pair)
     means: dict[str, list] = {}
+    noise: dict[str, list] = {}
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size].to(device)
@@ -131,22 +128,39 @@ def posterior_means(model, data, *, guide=None, modules=None, batch_size: int = 
                 if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
                     continue
                 try:
-                    m = site["fn"].mean
-                except NotImplementedError:
-                    m = torch.stack([site["fn"].sample() for _ in range(num_samples)]).mean(0)
+                    m, var = site["fn"].mean, None
+                except NotImplementedError:  # no closed form (a flow): average draws
+                    draws = site["fn"].sample((num_samples,))
+                    m, var = draws.mean(0), draws.var(0) / num_samples
                 means.setdefault(name, []).append(m.reshape(m.shape[0], -1).cpu())
-    return {name: torch.cat(ms) for name, ms in means.items()}
+                if var is not None:
+                    noise.setdefault(name, []).append(var.reshape(var.shape[0], -1).cpu())
+    return ({name: torch.cat(ms) for name, ms in means.items()},
+            {name: torch.cat(v).mean(0) for name, v in noise.items()})
+
+
+def posterior_means(model, data, *, guide=None, modules=None, batch_size: int = 500, num_samples: int = 1000,
+                    device=None) -> dict:
+    """E_q[z|x] for every latent site of the guide: ``{site: (n, size) tensor}`` on the CPU.
+
+    Uses the guide distribution's ``mean`` where it has one, else the average of ``num_samples``
+    draws. Works for any model/guide pair, so figures and active units need no ``encode``.
+    """
+    return _posterior_moments(model, data, guide=guide, modules=modules, batch_size=batch_size,
+                              num_samples=num_samples, device=device)[0]
 
 
 def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=None, batch_size: int = 500,
-                 num_samples: int = 100, device=None) -> dict:
+                 num_samples: int = 1000, device=None) -> dict:
     """Count dimensions u with Cov_x(E_q[u|x]) > ``threshold`` (Burda et al. 2016).
 
-    Returns ``{"active": int, "variances": {site: tensor}}``; see :func:`posterior_means`.
+    Returns ``{"active": int, "variances": {site: tensor}}``. Where E_q[u|x] is estimated from
+    draws (guides without a closed-form mean, such as flows), the estimate's own Monte Carlo
+    variance, averaged over x, is subtracted, so that noise does not count as activity.
     """
-    means = posterior_means(model, data, guide=guide, modules=modules, batch_size=batch_size,
-                            num_samples=num_samples, device=device)
-    variances = {name: m.var(0, unbiased=False) for name, m in means.items()}
+    means, noise = _posterior_moments(model, data, guide=guide, modules=modules, batch_size=batch_size,
+                                      num_samples=num_samples, device=device)
+    variances = {name: m.var(0, unbiased=False) - noise.get(name, 0.0) for name, m in means.items()}
     return {"active": int(sum(int((v > threshold).sum()) for v in variances.values())),
             "variances": variances}
 

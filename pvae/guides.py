@@ -56,6 +56,9 @@ class FullCovNormal(nn.Module):
         super().__init__()
         D = self.latent_dim = latent_dim
         self.linear = nn.Linear(features, 2 * D + D * (D - 1) // 2)
+        with torch.no_grad():  # start as a diagonal guide: the off-diagonal part learns from zero
+            self.linear.weight[2 * D:].zero_()
+            self.linear.bias[2 * D:].zero_()
         self.register_buffer("rows", torch.tril_indices(D, D, offset=-1)[0], persistent=False)
         self.register_buffer("cols", torch.tril_indices(D, D, offset=-1)[1], persistent=False)
 

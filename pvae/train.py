@@ -31,6 +31,7 @@ from .handlers import scale_latents
 from .objectives import (check_mean_field, guess_max_plate_nesting, log_weight_terms, objective as make_objective,
                          set_plate_nesting)
 from .pair import as_pair, match_shape
+from .distributed import Context, all_true, launched, setup, sum_all, wrap
 from .validate import check_data, check_positive_int
 
 
@@ -109,7 +110,8 @@ def _check_args(epochs, batch_size, lr, warmup_epochs, clip_grad, on_nonfinite):
 def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1, alpha: float = 0.5,
         epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, seed: int = 0, device=None, test=None,
         labels=None, warmup_epochs: float = 0, run_dir=None, resume=None, progress: bool = True,
-        clip_grad: float | None = None, on_nonfinite: str = "stop", validate: bool = False) -> History:
+        clip_grad: float | None = None, on_nonfinite: str = "stop", distributed: bool | None = None,
+        validate: bool = False) -> History:
     """Train a model/guide pair by SVI and return its :class:`History`.
 
     Args:
@@ -128,11 +130,20 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         on_nonfinite: a NaN/inf loss or gradient ``"stop"``s training with a ``FloatingPointError``
             naming the epoch and step (the last good checkpoint stays), or is ``"skip"``ped: the
             batch is dropped and the learning rate halved (10 in a row stop training).
+        distributed: data-parallel training over the processes of a ``torchrun`` launch (None:
+            whenever torchrun started more than one); ``batch_size`` is then the global batch.
+            See :mod:`pvae.distributed`.
         validate: Pyro's distribution validation (off by default: it costs time).
     """
     pair = as_pair(model, guide, modules)
     _check_args(epochs, batch_size, lr, warmup_epochs, clip_grad, on_nonfinite)
     device = resolve_device(device)
+    ctx = Context()
+    if distributed or (distributed is None and launched()):
+        ctx, device = setup(device)
+        if batch_size < ctx.world:
+            raise ValueError(f"batch_size ({batch_size}) is the global batch: it must be >= the number of "
+                             f"processes ({ctx.world})")
     elbo = make_objective(objective, k=k, alpha=alpha) if isinstance(objective, str) else objective
     params = [p for p in pair.parameters() if p.requires_grad]
     if not params:
@@ -150,15 +161,15 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         check_data(x_test, pair, "test data")
         x_test = x_test.to(device)
 
-    pyro.set_rng_seed(seed)
-    shuffle = torch.Generator().manual_seed(seed)
+    pyro.set_rng_seed(seed + ctx.rank)  # particles: one stream per rank
+    shuffle = torch.Generator().manual_seed(seed)  # data order: the same on every rank
     pair.to(device)
     optimizer = torch.optim.Adam(params, lr=lr)
     fit_config = {"objective": objective if isinstance(objective, str) else type(objective).__name__,
                   "k": elbo.num_particles, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "seed": seed, "device": str(device), "warmup_epochs": warmup_epochs, "n_train": n,
                   "n_test": None if x_test is None else int(x_test.shape[0]), "clip_grad": clip_grad,
-                  "on_nonfinite": on_nonfinite}
+                  "on_nonfinite": on_nonfinite, "processes": ctx.world}
     history, start_epoch = History(), 0
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
@@ -169,24 +180,30 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         start_epoch = state["epoch"]
         if state["rng"]:
             _set_rng_state(state["rng"], shuffle)
+            if ctx.active:
+                torch.manual_seed(seed + ctx.rank + 7919 * start_epoch)
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
+    progress = progress and ctx.main
+    if run_dir is not None and ctx.main:
         write_text(run_dir / "config.json", json.dumps({"model_class": type(pair).__name__,
                                                         "model": getattr(pair, "config", None),
                                                         "fit": fit_config}, indent=1))
     where = f" in {run_dir}" if run_dir else ""
 
     steps = math.ceil(n / batch_size)
+    if ctx.active and 0 < n % batch_size < ctx.world:
+        steps -= 1  # a last batch smaller than the number of processes is dropped
     warmup_steps = warmup_epochs * steps
     # on the CPU a host sync is free: check every step before it touches the parameters; on a
     # GPU keep the first bad step on the device and look every 50 steps (no sync in the hot loop)
-    check_now = device.type == "cpu" or on_nonfinite == "skip"
+    check_now = device.type == "cpu" or on_nonfinite == "skip" or ctx.active
     with pyro.validation_enabled(validate):
         nesting = guess_max_plate_nesting(pair.model, pair.guide, x[:2])
         set_plate_nesting(elbo, nesting)
         check_mean_field(elbo, pair, x[:2])
         # Pyro's RenyiELBO has no differentiable_loss: its loss_and_grads fills .grad instead
         has_diff_loss = hasattr(elbo, "differentiable_loss")
+        engine = wrap(pair, elbo, ctx, device) if has_diff_loss else None
         skipped_in_a_row = 0
         for epoch in range(start_epoch, epochs):
             pair.train()
@@ -196,7 +213,8 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             first_bad = torch.full((), -1, device=device, dtype=torch.long)
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
             for step in bar:
-                xb = x[perm[step * batch_size:(step + 1) * batch_size]]
+                idx = perm[step * batch_size:(step + 1) * batch_size]
+                xb = x[idx[ctx.rank::ctx.world] if ctx.active else idx]
                 if binarize == "dynamic":
                     xb = torch.bernoulli(xb)
                 global_step = epoch * steps + step + 1
@@ -205,22 +223,24 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                 # warm-up scales the latent sites of model and guide alike (a no-op at scale 1)
                 with scale_latents(scale=kl_scale):
                     if has_diff_loss:
-                        loss = elbo.differentiable_loss(pair.model, pair.guide, xb)
+                        loss = engine(xb)  # times the number of processes: DDP averages gradients
                         loss.backward()
+                        loss = loss / ctx.world
                     else:
                         loss = torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, xb))
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
                 finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
                 if check_now:
-                    if not bool(finite):
+                    if not all_true(finite, ctx):
                         if on_nonfinite == "stop":
                             raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step "
                                                      f"{step + 1}; the last good checkpoint{where} is kept")
                         skipped_in_a_row += 1
                         for group in optimizer.param_groups:
                             group["lr"] *= 0.5
-                        tqdm.write(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient, batch "
-                                   f"skipped, lr halved to {optimizer.param_groups[0]['lr']:.3g}")
+                        if ctx.main:
+                            tqdm.write(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient, batch "
+                                       f"skipped, lr halved to {optimizer.param_groups[0]['lr']:.3g}")
                         if skipped_in_a_row >= 10:
                             raise FloatingPointError(f"10 non-finite steps in a row at epoch {epoch + 1}, step "
                                                      f"{step + 1}; the last good checkpoint{where} is kept")
@@ -235,13 +255,14 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                 seen += xb.shape[0]
                 if progress and (step % 20 == 0 or step == steps - 1):
                     bar.set_postfix(loss=f"{float(total) / seen:.2f}")
+            total, seen = sum_all(total, ctx), int(sum_all(torch.tensor(seen, device=device), ctx))
             if int(first_bad) >= 0:
                 raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step {int(first_bad)}; "
                                          f"the last good checkpoint{where} is kept")
             train_loss = float(total) / max(seen, 1)
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, "kl_scale": kl_scale}
-            if x_test is not None:
+            if x_test is not None and ctx.main:
                 pair.eval()
                 record["test_elbo"] = mean_elbo(pair, x_test, max_plate_nesting=nesting)
             history.append(record)
@@ -249,10 +270,12 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                 tqdm.write(f"epoch {epoch + 1}/{epochs}  train loss {train_loss:.2f}"
                            + (f"  test ELBO {record['test_elbo']:.2f}" if "test_elbo" in record else "")
                            + f"  {seconds:.1f}s")
-            if run_dir is not None:
+            if run_dir is not None and ctx.main:
                 save_checkpoint(run_dir / CHECKPOINT, pair, optimizer=optimizer, epoch=epoch + 1,
                                 history=history, rng=_rng_state(shuffle), fit_config=fit_config)
                 history.save(run_dir)
+    if ctx.active:
+        torch.distributed.barrier()  # rank 0 has written its checkpoint before anyone returns
     pair.eval()
     history.model, history.run_dir = pair, run_dir
     return history

@@ -83,3 +83,17 @@ def test_cli_reference_in_docs_is_generated_from_the_parser():
 
     doc = Path(__file__).parent.parent / "docs" / "cli.md"
     assert doc.read_text() == markdown_reference(), "regenerate: python -m pvae.cli --markdown > docs/cli.md"
+
+
+def test_compare_with_a_hierarchical_preset(tmp_path, capsys):
+    assert main(["compare", "--preset", "iwae-2layer", "--inference", "ladder", "--n-train", "100", "--n-test", "20",
+                 "--epochs", "1", "--eval-k", "10", "--quiet", "--binarize", "static", "--objectives", "elbo",
+                 "mf-elbo", "--run-dir", str(tmp_path)]) == 0
+    assert "| mf-elbo | 1 |" in capsys.readouterr().out
+    assert pvae_load(tmp_path / "mf-elbo").inference == "ladder"
+
+
+def pvae_load(path):
+    import pvae
+
+    return pvae.load(path)

@@ -19,3 +19,19 @@ def test_tutorial_runs(page, blocks):
 def test_index_links_resolve():
     links = re.findall(r"\]\(([^)]+\.md)\)", (DOCS / "index.md").read_text())
     assert links and all((DOCS / link).is_file() for link in links)
+
+
+def test_every_public_name_has_a_docstring():
+    import inspect
+
+    import pvae
+
+    missing = [name for name in pvae.__all__ if not isinstance(getattr(pvae, name), (dict, str))
+               and not inspect.getdoc(getattr(pvae, name))]
+    assert not missing, missing
+
+
+def test_every_docs_page_is_in_the_site_navigation():
+    nav = (DOCS.parent / "mkdocs.yml").read_text()
+    pages = [p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")]
+    assert [p for p in pages if p not in nav] == []

@@ -100,3 +100,24 @@ def test_k_must_be_positive():
     m = PPCA()
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
         pvae.log_likelihood(m, m.sample_x(3), k=0)
+
+
+def test_active_units_of_a_guide_without_closed_form_mean_ignore_monte_carlo_noise():
+    import pyro
+    import pyro.distributions as dist
+    from pyro.distributions.transforms import AffineTransform
+
+    class FlowGuided(PPCA):
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                base = dist.Normal(x @ self.A.T + self.c, 1.0).to_event(1)  # unit scale: as noisy as the prior
+                pyro.sample("z", dist.TransformedDistribution(base, [AffineTransform(0.0, 1.0, event_dim=1)]))
+
+    m = FlowGuided(x_dim=5, z_dim=3)
+    with torch.no_grad():
+        m.A.zero_()
+        m.A[0, 0] = 1.0
+    x = m.sample_x(400)
+    # 50 draws a datapoint: the mean's Monte Carlo variance (1/50 = 0.02) alone exceeds 0.01
+    au = pvae.active_units(m, x, num_samples=50)
+    assert au["active"] == 1, au["variances"]
