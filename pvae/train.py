@@ -203,6 +203,8 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         check_mean_field(elbo, pair, x[:2])
         # Pyro's RenyiELBO has no differentiable_loss: its loss_and_grads fills .grad instead
         has_diff_loss = hasattr(elbo, "differentiable_loss")
+        if ctx.active and not has_diff_loss:
+            raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         engine = wrap(pair, elbo, ctx, device) if has_diff_loss else None
         skipped_in_a_row = 0
         for epoch in range(start_epoch, epochs):

@@ -13,6 +13,14 @@ from linear_gaussian import PPCA
 from test_bounds import fixed, hand_log_weights, tiny_vae
 
 
+def fixed_draws(m, x, k):
+    """A guide whose k draws per datapoint are fixed, and their log-weights written out by hand."""
+    zk = torch.randn(k, x.shape[0], 2)
+    with torch.no_grad():
+        px, pz, q = hand_log_weights(m, x, zk)
+    return fixed(m.guide, z=zk), px + pz - q
+
+
 @pytest.fixture
 def x():
     return torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
@@ -44,11 +52,8 @@ def test_pyro_renyi_puts_beta_inside_the_logsumexp_and_pvae_does_not(x):
     """beta = 0.3 on z: pvae weights the latent terms of each log-weight; with beta on the whole
     model (all sites) pvae multiplies the bound while Pyro's bound changes shape."""
     m = tiny_vae()
-    zk = torch.randn(4, 3, 2)
-    g = fixed(m.guide, z=zk)
+    g, lw = fixed_draws(m, x, 4)
     with torch.no_grad():
-        px, pz, q = hand_log_weights(m, x, zk)
-        lw = px + pz - q
         ours = pvae.objective("iwae", k=4).differentiable_loss(poutine.scale(m.model, 0.3), poutine.scale(g, 0.3), x)
     torch.testing.assert_close(ours, -0.3 * (torch.logsumexp(lw, 0) - math.log(4)).sum())
     pyro_value = -(torch.logsumexp(0.3 * lw, 0) - math.log(4)).sum()  # what RenyiELBO computes
@@ -57,11 +62,8 @@ def test_pyro_renyi_puts_beta_inside_the_logsumexp_and_pvae_does_not(x):
 
 def test_miwae_and_ciwae_bounds_by_hand(x):
     m = tiny_vae()
-    zk = torch.randn(6, 3, 2)
-    g = fixed(m.guide, z=zk)
+    g, lw = fixed_draws(m, x, 6)
     with torch.no_grad():
-        px, pz, q = hand_log_weights(m, x, zk)
-        lw = px + pz - q
         mi, _ = pvae.objective("miwae", k=6, M=2).per_datapoint(m.model, g, x)
         groups = lw.reshape(2, 3, 3)
         torch.testing.assert_close(mi, (torch.logsumexp(groups, 1) - math.log(3)).mean(0))
@@ -77,11 +79,7 @@ def test_miwae_and_ciwae_bounds_by_hand(x):
 
 def test_estimators_keep_the_value_of_their_bound(x):
     m = tiny_vae()
-    zk = torch.randn(6, 3, 2)
-    g = fixed(m.guide, z=zk)
-    with torch.no_grad():
-        px, pz, q = hand_log_weights(m, x, zk)
-        lw = px + pz - q
+    g, lw = fixed_draws(m, x, 6)
     iwae = -(torch.logsumexp(lw, 0) - math.log(6)).sum()
     torch.testing.assert_close(pvae.objective("iwae-dreg", k=6).differentiable_loss(m.model, g, x).detach(), iwae)
     torch.testing.assert_close(pvae.objective("piwae", k=6, M=2).differentiable_loss(m.model, g, x).detach(), iwae)
