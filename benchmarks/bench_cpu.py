@@ -5,6 +5,7 @@ guide, Bernoulli likelihood, Adam, dynamically binarized Fashion-MNIST-shaped da
 
     python benchmarks/bench_cpu.py                 # all workloads
     python benchmarks/bench_cpu.py --quick         # fewer steps
+    python benchmarks/bench_cpu.py --means         # pvae's optional bf16 nets and torch.compile
 
 For each workload (VAE k=1, IWAE k=5, IWAE k=50, at batch 100 and 1024) it times training steps
 (mean seconds per step over a run from a fresh optimizer, the median of 3 such runs) of: `pvae` (pvae.fit's loop), `torch` (the same graph and objective written by hand) and `pyro`
@@ -90,12 +91,40 @@ def time_torch(x, k, batch, steps):
     return (time.perf_counter() - t0) / steps
 
 
-def time_pvae(x, k, batch, steps):
+def time_pvae(x, k, batch, steps, **options):
     m = pvae.VAE(x_shape=(784,), latent_dim=50, hidden=(200, 200), activation="tanh")
     copy_weights(TorchVAE(), m)
     data = pvae.Data(x[: batch * steps], binarize="dynamic")
-    h = pvae.fit(m, data, objective="elbo" if k == 1 else f"iwae:k={k}", epochs=1, batch_size=batch, progress=False)
+    h = pvae.fit(m, data, objective="elbo" if k == 1 else f"iwae:k={k}", epochs=1, batch_size=batch, progress=False,
+                 **options)
     return h[0]["seconds"] / steps  # fit times whole epochs: the mean step
+
+
+def means(x):
+    """pvae's optional means, each against plain pvae in the same run: bf16 nets, torch.compile."""
+    print("| workload | k | batch | fp32 s | bf16 s | bf16 / fp32 | compiled s | compiled / fp32 |\n|---|---|---|---|---|---|---|---|")
+    out = []
+    for k, batch, steps in ((1, 100, 30), (5, 1024, 8)):
+        res = {}
+        for name, opts in (("fp32", {}), ("bf16", {"precision": "bf16"}), ("compiled", {"compile": True})):
+            time_pvae(x, k, batch, 2, **opts)  # warm up (and compile)
+            res[name] = statistics.median(time_pvae(x, k, batch, steps, **opts) for _ in range(3))
+        out.append({"k": k, "batch": batch, **res})
+        print(f"| train | {k} | {batch} | {res['fp32']:.4f} | {res['bf16']:.4f} | {res['bf16'] / res['fp32']:.2f} | "
+              f"{res['compiled']:.4f} | {res['compiled'] / res['fp32']:.2f} |", flush=True)
+    # what bf16 does to the bound: per-datapoint log p(x) (k=500) of one model, same draws
+    m = pvae.VAE(x_shape=(784,), latent_dim=50, hidden=(200, 200), activation="tanh")
+    pvae.fit(m, pvae.Data(x[:5000], binarize="dynamic"), epochs=3, progress=False)
+    xe = torch.bernoulli(x[-200:])
+    lls = {}
+    for prec in ("fp32", "bf16"):
+        pvae.nets.accelerate(m, prec)
+        torch.manual_seed(1)
+        lls[prec] = pvae.log_likelihood(m, xe, k=500, progress=False)
+    d = (lls["bf16"] - lls["fp32"]).abs()
+    print(f"bf16 nets move test log p(x) by {float(d.mean()):.4f} nats on average (max {float(d.max()):.3f}) "
+          f"around {float(lls['fp32'].mean()):.2f}")
+    return out
 
 
 def time_pyro(x, k, batch, steps):
@@ -185,10 +214,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="bench_cpu.json")
+    ap.add_argument("--means", action="store_true", help="time pvae's optional bf16 nets and torch.compile instead")
     args = ap.parse_args()
     torch.manual_seed(0)
     x = pvae.load_dataset("fashion-mnist-sample", "train").x.reshape(-1, 784)
     x = x.repeat(3, 1)  # 15,000 images: enough for 10 steps at batch 1024
+    if args.means:
+        means(x)
+        return
     rows = []
     for k in (1, 5, 50):
         for batch in (100, 1024):

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_text
 from .data import Data, as_tensors
 from .handlers import scale_latents
+from .nets import accelerate
 from .objectives import (check_mean_field, guess_max_plate_nesting, log_weight_terms, objective as make_objective,
                          set_plate_nesting)
 from .pair import as_pair, match_shape
@@ -111,7 +112,7 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, seed: int = 0, device=None, test=None,
         labels=None, warmup_epochs: float = 0, run_dir=None, resume=None, progress: bool = True,
         clip_grad: float | None = None, on_nonfinite: str = "stop", distributed: bool | None = None,
-        validate: bool = False) -> History:
+        precision: str = "fp32", compile: bool = False, validate: bool = False) -> History:
     """Train a model/guide pair by SVI and return its :class:`History`.
 
     Args:
@@ -133,9 +134,13 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         distributed: data-parallel training over the processes of a ``torchrun`` launch (None:
             whenever torchrun started more than one); ``batch_size`` is then the global batch.
             See :mod:`pvae.distributed`.
+        precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` for the nets' arithmetic (log-densities stay
+            float32); see :func:`pvae.nets.accelerate`.
+        compile: ``torch.compile`` pvae's nets in place.
         validate: Pyro's distribution validation (off by default: it costs time).
     """
     pair = as_pair(model, guide, modules)
+    accelerate(pair, precision, compile)
     _check_args(epochs, batch_size, lr, warmup_epochs, clip_grad, on_nonfinite)
     device = resolve_device(device)
     ctx = Context()
@@ -169,7 +174,7 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                   "k": elbo.num_particles, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "seed": seed, "device": str(device), "warmup_epochs": warmup_epochs, "n_train": n,
                   "n_test": None if x_test is None else int(x_test.shape[0]), "clip_grad": clip_grad,
-                  "on_nonfinite": on_nonfinite, "processes": ctx.world}
+                  "on_nonfinite": on_nonfinite, "processes": ctx.world, "precision": precision, "compile": compile}
     history, start_epoch = History(), 0
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
