@@ -112,7 +112,8 @@ def cmd_train(args):
     run_dir = Path(args.run_dir)
     h = fit(model, train, objective=args.objective, k=args.k, alpha=args.alpha, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, test=test,
-            warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+            warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume, progress=not args.quiet,
+            precision=args.precision, compile=args.compile, clip_grad=args.clip_grad)
     data = {k: getattr(args, k) for k in ("dataset", "data_dir", "binarize", "n_test")}
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun: rank 0 evaluates and writes the run's files
@@ -179,7 +180,8 @@ def cmd_demo(args):
                            latent_dim=50, hidden=[200, 200], activation="tanh", likelihood="bernoulli",
                            guide="diagonal", beta=1.0, net="mlp", likelihood_scale=None, objective="elbo",
                            preset=None, inference="bottom-up", rank=None, flow_steps=None,
-                           k=1, alpha=0.5, batch_size=100, lr=1e-3, warmup_epochs=0, resume=None).items():
+                           k=1, alpha=0.5, batch_size=100, lr=1e-3, warmup_epochs=0, resume=None, precision="fp32",
+                           compile=False, clip_grad=None).items():
         setattr(args, key, value)
     if args.smoke:
         args.epochs, args.eval_k, args.n_train, args.n_test = 1, 10, 500, 100
@@ -250,6 +252,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--alpha", type=float, default=0.5, help="alpha of the renyi objective")
     _add_budget_args(t)
     t.add_argument("--warmup-epochs", type=float, default=0, help="epochs of linear KL warm-up")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="arithmetic of the nets (log-densities stay float32)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the nets")
+    t.add_argument("--clip-grad", type=float, default=None, help="clip the gradients' global norm")
     t.add_argument("--eval-k", type=int, default=5000, help="importance samples for test log p(x) (0: skip)")
     t.add_argument("--run-dir", default="runs/train")
     t.add_argument("--resume", default=None, help="run folder or checkpoint to continue from")
