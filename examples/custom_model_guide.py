@@ -11,7 +11,6 @@ import argparse
 
 import pyro
 import pyro.distributions as dist
-import torch
 from torch import nn
 
 import pvae

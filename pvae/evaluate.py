@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample

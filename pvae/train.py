@@ -108,6 +108,97 @@ def _check_args(epochs, batch_size, lr, warmup_epochs, clip_grad, on_nonfinite):
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
 
 
+class FaultPolicy:
+    """What a non-finite loss or gradient does: ``"stop"`` raises a ``FloatingPointError`` naming
+    the epoch and step, ``"skip"`` drops the batch and halves the learning rate (10 in a row stop).
+
+    On the CPU (and whenever ranks must agree) the check runs before every optimizer step, so the
+    parameters never see a bad gradient; with ``deferred=True`` (a single GPU) the first bad step
+    is kept on the device and read every 50 steps and at the end of the epoch: no host sync per step.
+    """
+
+    def __init__(self, mode: str, ctx, where: str, deferred: bool):
+        self.mode, self.ctx, self.where, self.deferred = mode, ctx, where, deferred
+        self.skipped_in_a_row = 0
+        self.first_bad = None
+
+    def _fail(self, epoch, step, what="non-finite loss or gradient"):
+        raise FloatingPointError(f"{what} at epoch {epoch + 1}, step {step}; the last good checkpoint{self.where} "
+                                 "is kept")
+
+    def start_epoch(self, device):
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+
+    def allows_step(self, finite: torch.Tensor, optimizer, epoch: int, step: int) -> bool:
+        """True to take the optimizer step; False to skip this batch (or to end a deferred epoch)."""
+        if self.deferred:
+            self.first_bad = torch.where((self.first_bad < 0) & ~finite, step + 1, self.first_bad)
+            return not (step % 50 == 49 and int(self.first_bad) >= 0)
+        if all_true(finite, self.ctx):
+            self.skipped_in_a_row = 0
+            return True
+        if self.mode == "stop":
+            self._fail(epoch, step + 1)
+        self.skipped_in_a_row += 1
+        for group in optimizer.param_groups:
+            group["lr"] *= 0.5
+        if self.ctx.main:
+            tqdm.write(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient, batch skipped, lr halved "
+                       f"to {optimizer.param_groups[0]['lr']:.3g}")
+        if self.skipped_in_a_row >= 10:
+            self._fail(epoch, step + 1, "10 non-finite steps in a row")
+        return False
+
+    def end_epoch(self, epoch: int):
+        if self.deferred and int(self.first_bad) >= 0:
+            self._fail(epoch, int(self.first_bad))
+
+
+def _step_loss(pair, elbo, ctx, device):
+    """``xb -> loss`` with the gradients filled in: through a (DDP-wrapped) loss module where the
+    objective has ``differentiable_loss``, else through its ``loss_and_grads``."""
+    if hasattr(elbo, "differentiable_loss"):
+        engine = wrap(pair, elbo, ctx, device)
+
+        def step_loss(xb):
+            loss = engine(xb)  # times the number of processes: DDP averages gradients
+            loss.backward()
+            return loss.detach() / ctx.world
+        return step_loss
+    return lambda xb: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, xb))
+
+
+def _train_epoch(pair, step_loss, optimizer, params, x, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
+                 epoch, kl_scale, steps):
+    """One pass over the data; returns (summed loss, datapoints seen, the last KL scale), all ranks summed."""
+    pair.train()
+    device = x.device
+    total, seen, scale = torch.zeros((), device=device), 0, 1.0
+    faults.start_epoch(device)
+    for step in bar:
+        idx = perm[step * batch_size:(step + 1) * batch_size]
+        xb = x[idx[ctx.rank::ctx.world] if ctx.active else idx]
+        if binarize == "dynamic":
+            xb = torch.bernoulli(xb)
+        scale = kl_scale(epoch * steps + step + 1)
+        optimizer.zero_grad(set_to_none=True)
+        with scale_latents(scale=scale):  # warm-up: latent sites of model and guide alike (no-op at 1)
+            loss = step_loss(xb)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+        if not faults.allows_step(torch.isfinite(loss) & torch.isfinite(grad_norm), optimizer, epoch, step):
+            if faults.deferred:
+                break
+            continue
+        optimizer.step()
+        total += loss
+        seen += xb.shape[0]
+        if not bar.disable and (step % 20 == 0 or step == steps - 1):
+            bar.set_postfix(loss=f"{float(total) / seen:.2f}")
+    total, seen = sum_all(total, ctx), int(sum_all(torch.tensor(seen, device=device), ctx))
+    faults.end_epoch(epoch)
+    return total, seen, scale
+
+
 def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1, alpha: float = 0.5,
         epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, seed: int = 0, device=None, test=None,
         labels=None, warmup_epochs: float = 0, run_dir=None, resume=None, progress: bool = True,
@@ -198,85 +289,33 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     steps = math.ceil(n / batch_size)
     if ctx.active and 0 < n % batch_size < ctx.world:
         steps -= 1  # a last batch smaller than the number of processes is dropped
-    warmup_steps = warmup_epochs * steps
-    # on the CPU a host sync is free: check every step before it touches the parameters; on a
-    # GPU keep the first bad step on the device and look every 50 steps (no sync in the hot loop)
-    check_now = device.type == "cpu" or on_nonfinite == "skip" or ctx.active
+    faults = FaultPolicy(on_nonfinite, ctx, where, deferred=device.type != "cpu" and on_nonfinite == "stop"
+                         and not ctx.active)
     with pyro.validation_enabled(validate):
         nesting = guess_max_plate_nesting(pair.model, pair.guide, x[:2])
         set_plate_nesting(elbo, nesting)
         check_mean_field(elbo, pair, x[:2])
-        # Pyro's RenyiELBO has no differentiable_loss: its loss_and_grads fills .grad instead
-        has_diff_loss = hasattr(elbo, "differentiable_loss")
-        if ctx.active and not has_diff_loss:
+        if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
-        engine = wrap(pair, elbo, ctx, device) if has_diff_loss else None
-        skipped_in_a_row = 0
+        step_loss = _step_loss(pair, elbo, ctx, device)
         for epoch in range(start_epoch, epochs):
-            pair.train()
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=shuffle).to(device)
-            total, seen = torch.zeros((), device=device), 0
-            first_bad = torch.full((), -1, device=device, dtype=torch.long)
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-            for step in bar:
-                idx = perm[step * batch_size:(step + 1) * batch_size]
-                xb = x[idx[ctx.rank::ctx.world] if ctx.active else idx]
-                if binarize == "dynamic":
-                    xb = torch.bernoulli(xb)
-                global_step = epoch * steps + step + 1
-                kl_scale = min(1.0, global_step / warmup_steps) if warmup_steps else 1.0
-                optimizer.zero_grad(set_to_none=True)
-                # warm-up scales the latent sites of model and guide alike (a no-op at scale 1)
-                with scale_latents(scale=kl_scale):
-                    if has_diff_loss:
-                        loss = engine(xb)  # times the number of processes: DDP averages gradients
-                        loss.backward()
-                        loss = loss / ctx.world
-                    else:
-                        loss = torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, xb))
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
-                finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
-                if check_now:
-                    if not all_true(finite, ctx):
-                        if on_nonfinite == "stop":
-                            raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step "
-                                                     f"{step + 1}; the last good checkpoint{where} is kept")
-                        skipped_in_a_row += 1
-                        for group in optimizer.param_groups:
-                            group["lr"] *= 0.5
-                        if ctx.main:
-                            tqdm.write(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient, batch "
-                                       f"skipped, lr halved to {optimizer.param_groups[0]['lr']:.3g}")
-                        if skipped_in_a_row >= 10:
-                            raise FloatingPointError(f"10 non-finite steps in a row at epoch {epoch + 1}, step "
-                                                     f"{step + 1}; the last good checkpoint{where} is kept")
-                        continue
-                    skipped_in_a_row = 0
-                else:
-                    first_bad = torch.where((first_bad < 0) & ~finite, step + 1, first_bad)
-                    if step % 50 == 49 and int(first_bad) >= 0:
-                        break
-                optimizer.step()
-                total += loss.detach()
-                seen += xb.shape[0]
-                if progress and (step % 20 == 0 or step == steps - 1):
-                    bar.set_postfix(loss=f"{float(total) / seen:.2f}")
-            total, seen = sum_all(total, ctx), int(sum_all(torch.tensor(seen, device=device), ctx))
-            if int(first_bad) >= 0:
-                raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step {int(first_bad)}; "
-                                         f"the last good checkpoint{where} is kept")
-            train_loss = float(total) / max(seen, 1)
-            seconds = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, "kl_scale": kl_scale}
+            total, seen, kl_scale = _train_epoch(
+                pair, step_loss, optimizer, params, x, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
+                epoch, kl_scale=lambda global_step: min(1.0, global_step / (warmup_epochs * steps))
+                if warmup_epochs else 1.0, steps=steps)
+            record = {"epoch": epoch + 1, "train_loss": float(total) / max(seen, 1),
+                      "seconds": time.perf_counter() - t0, "kl_scale": kl_scale}
             if x_test is not None and ctx.main:
                 pair.eval()
                 record["test_elbo"] = mean_elbo(pair, x_test, max_plate_nesting=nesting)
             history.append(record)
             if progress:
-                tqdm.write(f"epoch {epoch + 1}/{epochs}  train loss {train_loss:.2f}"
+                tqdm.write(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.2f}"
                            + (f"  test ELBO {record['test_elbo']:.2f}" if "test_elbo" in record else "")
-                           + f"  {seconds:.1f}s")
+                           + f"  {record['seconds']:.1f}s")
             if run_dir is not None and ctx.main:
                 save_checkpoint(run_dir / CHECKPOINT, pair, optimizer=optimizer, epoch=epoch + 1,
                                 history=history, rng=_rng_state(shuffle), fit_config=fit_config)

@@ -2,7 +2,6 @@
 embedded sample, binarization, and what fit accepts as data."""
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
