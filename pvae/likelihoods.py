@@ -19,6 +19,7 @@ import math
 
 import pyro.distributions as dist
 import torch
+from torch.distributions import constraints
 from torch import nn
 from torch.nn import functional as F
 
@@ -47,14 +48,46 @@ class Likelihood(nn.Module):
         return self(out).mean
 
 
+class BernoulliImage(dist.TorchDistribution):
+    """Independent Bernoulli(sigmoid(logits)) over the last ``event_dim`` dims, in one fused pass:
+    log p(x) = -sum BCE(logits, x), the sum taken before the sign flip (Pyro's
+    ``Bernoulli(...).to_event`` negates the full (k, batch, *x_shape) tensor first). Grey values
+    in [0, 1] are allowed: then it is the negative binary cross-entropy."""
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.unit_interval
+    has_rsample = False
+
+    def __init__(self, logits, event_dim: int, validate_args=None):
+        self.logits = logits
+        shape = logits.shape
+        super().__init__(shape[: len(shape) - event_dim], shape[len(shape) - event_dim:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return BernoulliImage(self.logits.expand(tuple(batch_shape) + self.event_shape), self.event_dim)
+
+    @property
+    def mean(self):
+        return torch.sigmoid(self.logits)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            p = torch.sigmoid(self.logits.expand(self._extended_shape(sample_shape)))
+            return torch.bernoulli(p)
+
+    def log_prob(self, value):
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -bce.sum(tuple(range(-self.event_dim, 0)))
+
+
 class Bernoulli(Likelihood):
     name = "bernoulli"
     support = (0.0, 1.0)
 
     def forward(self, out):
         (logits,) = self.split(out)
-        # validate_args=False: grey values in [0, 1] are allowed (cross-entropy).
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(len(self.x_shape))
+        return BernoulliImage(logits, len(self.x_shape))
 
     def mean(self, out):
         return torch.sigmoid(self.split(out)[0])
