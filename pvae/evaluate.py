@@ -28,26 +28,35 @@ from tqdm.auto import tqdm
 from .data import Data, as_tensors
 from .objectives import guess_max_plate_nesting, log_weight_terms
 from .pair import as_pair, device_of, match_shape
-from .validate import check_data
+from .validate import check_data, check_labels
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
 
 
-def _eval_x(data):
+def _eval_xy(data, pair, labels=None):
+    """The evaluation data as ``(x, y)``, reshaped and checked; y is None for unconditional pairs."""
     if isinstance(data, Data):
-        return data.eval_x()
-    return as_tensors(data)[0]
+        x, y = data.eval_x(), data.y
+    else:
+        x, y, _ = as_tensors(data)
+    x = match_shape(x, pair)
+    check_data(x, pair, "evaluation data")
+    return x, check_labels(labels if labels is not None else y, x.shape[0], pair, "evaluation data")
+
+
+def _args(x, y, start, stop, device):
+    xb = x[start:stop].to(device)
+    return (xb,) if y is None else (xb, y[start:stop].to(device))
 
 
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
-                          device=None, progress: bool = False, desc: str = "log p(x)"):
+                          device=None, progress: bool = False, desc: str = "log p(x)", labels=None):
     """Yield ``(start, terms)`` per batch of data, with ``terms`` (k, batch) tensors concatenated
     over chunks of particles: :class:`~pvae.objectives.LogWeightTerms` fields on the CPU."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
-    x = match_shape(_eval_x(data), pair)
-    check_data(x, pair, "evaluation data")
+    x, y = _eval_xy(data, pair, labels)
     n = x.shape[0]
     chunk = max(1, min(k, PARTICLES_PER_PASS // max(1, min(batch_size, n))))
     was_training = pair.training
@@ -57,14 +66,14 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                xb = x[start:start + batch_size].to(device)
+                args = _args(x, y, start, start + batch_size, device)
                 if nesting is None:
-                    nesting = guess_max_plate_nesting(pair.model, pair.guide, xb)
+                    nesting = guess_max_plate_nesting(pair.model, pair.guide, *args)
                 parts, c = [], 0
                 while c < k:
                     try:
                         with poutine.block():
-                            t = log_weight_terms(pair.model, pair.guide, xb, num_particles=min(chunk, k - c),
+                            t = log_weight_terms(pair.model, pair.guide, *args, num_particles=min(chunk, k - c),
                                                  max_plate_nesting=nesting)
                     except torch.OutOfMemoryError:
                         if chunk == 1:
@@ -76,24 +85,26 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     parts.append((t.log_px_z.cpu(), t.log_pz.cpu(), t.log_qz.cpu()))
                     c += t.log_px_z.shape[0]
                 yield start, tuple(torch.cat(p, 0) for p in zip(*parts))
-                bar.update(xb.shape[0])
+                bar.update(args[0].shape[0])
     finally:
         bar.close()
         pair.train(was_training)
 
 
 def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100,
-                   device=None, progress: bool = True) -> torch.Tensor:
+                   device=None, progress: bool = True, labels=None) -> torch.Tensor:
     """Importance-sampled log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``).
 
     ``model`` is a pvae model or any module with ``.model``/``.guide`` (or a model function with
-    ``guide=`` and ``modules=``); ``data`` anything :func:`pvae.data.as_tensors` takes.
+    ``guide=`` and ``modules=``); ``data`` anything :func:`pvae.data.as_tensors` takes. A
+    conditional pair gets the data's labels (or ``labels=``) and estimates log p(x|y).
     """
     if int(k) != k or k < 1:
         raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
     out = []
     for _, (lpx, lpz, lqz) in iter_log_weight_terms(model, data, int(k), guide=guide, modules=modules,
-                                                    batch_size=batch_size, device=device, progress=progress):
+                                                    batch_size=batch_size, device=device, progress=progress,
+                                                    labels=labels):
         out.append(torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k))
     return torch.cat(out)
 
@@ -115,14 +126,13 @@ def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int
     """``({site: E_q[z|x]}, {site: Monte Carlo noise variance of that mean, averaged over x})``."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
-    x = match_shape(_eval_x(data), pair)
+    x, y = _eval_xy(data, pair)
     means: dict[str, list] = {}
     noise: dict[str, list] = {}
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size].to(device)
             with poutine.block():
-                tr = poutine.trace(pair.guide).get_trace(xb)
+                tr = poutine.trace(pair.guide).get_trace(*_args(x, y, start, start + batch_size, device))
             for name, site in tr.nodes.items():
                 if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
                     continue
@@ -165,7 +175,7 @@ def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=No
 
 
 def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100, device=None,
-             progress: bool = True, khat: bool = True, units: bool = True) -> dict:
+             progress: bool = True, khat: bool = True, units: bool = True, labels=None) -> dict:
     """Everything pvae reports about a trained pair on ``data``, from one set of k draws each.
 
     Returns per-datapoint tensors (``log_px``, ``elbo``, ``recon``, ``kl``, ``ess``, ``khat``) and
@@ -177,7 +187,8 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     k = int(k)
     cols = {n: [] for n in ("log_px", "elbo", "recon", "kl", "ess", "khat")}
     for _, (lpx, lpz, lqz) in iter_log_weight_terms(model, data, k, guide=guide, modules=modules,
-                                                    batch_size=batch_size, device=device, progress=progress):
+                                                    batch_size=batch_size, device=device, progress=progress,
+                                                    labels=labels):
         lw = lpx + lpz - lqz
         cols["log_px"].append(torch.logsumexp(lw, 0) - math.log(k))
         cols["elbo"].append(lw.mean(0))

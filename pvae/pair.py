@@ -70,3 +70,8 @@ def match_shape(x: torch.Tensor, pair, what: str = "data") -> torch.Tensor:
         raise ValueError(f"{what} of shape {tuple(x.shape[1:])} per datapoint do not fit the model's "
                          f"x_shape {tuple(shape)}")
     return x.reshape((x.shape[0],) + tuple(shape))
+
+
+def takes_labels(pair) -> bool:
+    """Whether the pair's model and guide take labels: ``model(x, y)``, ``guide(x, y)``."""
+    return bool(getattr(pair, "needs_labels", False))

@@ -33,7 +33,7 @@ from .objectives import (check_mean_field, guess_max_plate_nesting, log_weight_t
                          set_plate_nesting)
 from .pair import as_pair, match_shape
 from .distributed import Context, all_true, launched, setup, sum_all, wrap
-from .validate import check_data, check_positive_int
+from .validate import check_data, check_labels, check_positive_int
 
 
 class History(list):
@@ -70,13 +70,13 @@ def resolve_device(device) -> torch.device:
 
 
 @torch.no_grad()
-def mean_elbo(pair, x: torch.Tensor, batch_size: int = 1000, max_plate_nesting=None) -> float:
-    """The ELBO (one draw, no beta or warm-up) averaged over the datapoints of ``x``."""
+def mean_elbo(pair, x: torch.Tensor, y=None, batch_size: int = 1000, max_plate_nesting=None) -> float:
+    """The ELBO (one draw, no beta or warm-up) averaged over the datapoints of ``x`` (labels ``y``)."""
     total = 0.0
     for s in range(0, x.shape[0], batch_size):
-        xb = x[s:s + batch_size]
+        args = (x[s:s + batch_size],) if y is None else (x[s:s + batch_size], y[s:s + batch_size])
         with poutine.block():
-            t = log_weight_terms(pair.model, pair.guide, xb, num_particles=1, max_plate_nesting=max_plate_nesting)
+            t = log_weight_terms(pair.model, pair.guide, *args, num_particles=1, max_plate_nesting=max_plate_nesting)
         total += float(t.log_weights.sum())
     return total / x.shape[0]
 
@@ -160,15 +160,15 @@ def _step_loss(pair, elbo, ctx, device):
     if hasattr(elbo, "differentiable_loss"):
         engine = wrap(pair, elbo, ctx, device)
 
-        def step_loss(xb):
-            loss = engine(xb)  # times the number of processes: DDP averages gradients
+        def step_loss(*args):
+            loss = engine(*args)  # times the number of processes: DDP averages gradients
             loss.backward()
             return loss.detach() / ctx.world
         return step_loss
-    return lambda xb: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, xb))
+    return lambda *args: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args))
 
 
-def _train_epoch(pair, step_loss, optimizer, params, x, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
+def _train_epoch(pair, step_loss, optimizer, params, x, y, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
                  epoch, kl_scale, steps):
     """One pass over the data; returns (summed loss, datapoints seen, the last KL scale), all ranks summed."""
     pair.train()
@@ -177,13 +177,15 @@ def _train_epoch(pair, step_loss, optimizer, params, x, perm, batch_size, bar, c
     faults.start_epoch(device)
     for step in bar:
         idx = perm[step * batch_size:(step + 1) * batch_size]
-        xb = x[idx[ctx.rank::ctx.world] if ctx.active else idx]
+        idx = idx[ctx.rank::ctx.world] if ctx.active else idx
+        xb = x[idx]
         if binarize == "dynamic":
             xb = torch.bernoulli(xb)
+        args = (xb,) if y is None else (xb, y[idx])
         scale = kl_scale(epoch * steps + step + 1)
         optimizer.zero_grad(set_to_none=True)
         with scale_latents(scale=scale):  # warm-up: latent sites of model and guide alike (no-op at 1)
-            loss = step_loss(xb)
+            loss = step_loss(*args)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
         if not faults.allows_step(torch.isfinite(loss) & torch.isfinite(grad_norm), optimizer, epoch, step):
             if faults.deferred:
@@ -211,6 +213,8 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             (then pass ``guide=`` and ``modules=``, the modules holding their parameters).
         train: tensors, ``(x, y)`` tuples, :class:`pvae.data.Data`, Datasets, names or paths.
         test: evaluated after every epoch (test ELBO); the same kinds as ``train``, or None.
+        labels: labels of ``train`` for conditional pairs (which otherwise take them from
+            ``(x, y)`` data or a :class:`pvae.data.Data`): integers or one-hot rows.
         objective: a name from :data:`pvae.objectives.OBJECTIVES`, a spec such as ``"iwae:k=50"``
             or ``"renyi:k=5,alpha=0.5"``, or a Pyro ELBO instance.
         k: particles (samples of z) per datapoint.
@@ -249,13 +253,16 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     x, y, binarize = as_tensors(train, labels)
     x = match_shape(x, pair, "training data")
     check_data(x, pair, "training data")
-    x = x.to(device)
+    y = check_labels(y, x.shape[0], pair, "training data")
+    x, y = x.to(device), (y.to(device) if y is not None else None)
     n = x.shape[0]
-    x_test = None
+    x_test = y_test = None
     if test is not None:
-        x_test = match_shape(test.eval_x() if isinstance(test, Data) else as_tensors(test)[0], pair, "test data")
+        x_test, y_test = (test.eval_x(), test.y) if isinstance(test, Data) else as_tensors(test)[:2]
+        x_test = match_shape(x_test, pair, "test data")
         check_data(x_test, pair, "test data")
-        x_test = x_test.to(device)
+        y_test = check_labels(y_test, x_test.shape[0], pair, "test data")
+        x_test, y_test = x_test.to(device), (y_test.to(device) if y_test is not None else None)
 
     pyro.set_rng_seed(seed + ctx.rank)  # particles: one stream per rank
     shuffle = torch.Generator().manual_seed(seed)  # data order: the same on every rank
@@ -292,9 +299,10 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     faults = FaultPolicy(on_nonfinite, ctx, where, deferred=device.type != "cpu" and on_nonfinite == "stop"
                          and not ctx.active)
     with pyro.validation_enabled(validate):
-        nesting = guess_max_plate_nesting(pair.model, pair.guide, x[:2])
+        first = (x[:2],) if y is None else (x[:2], y[:2])
+        nesting = guess_max_plate_nesting(pair.model, pair.guide, *first)
         set_plate_nesting(elbo, nesting)
-        check_mean_field(elbo, pair, x[:2])
+        check_mean_field(elbo, pair, *first)
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)
@@ -303,14 +311,14 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             perm = torch.randperm(n, generator=shuffle).to(device)
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
             total, seen, kl_scale = _train_epoch(
-                pair, step_loss, optimizer, params, x, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
+                pair, step_loss, optimizer, params, x, y, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
                 epoch, kl_scale=lambda global_step: min(1.0, global_step / (warmup_epochs * steps))
                 if warmup_epochs else 1.0, steps=steps)
             record = {"epoch": epoch + 1, "train_loss": float(total) / max(seen, 1),
                       "seconds": time.perf_counter() - t0, "kl_scale": kl_scale}
             if x_test is not None and ctx.main:
                 pair.eval()
-                record["test_elbo"] = mean_elbo(pair, x_test, max_plate_nesting=nesting)
+                record["test_elbo"] = mean_elbo(pair, x_test, y_test, max_plate_nesting=nesting)
             history.append(record)
             if progress:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.2f}"

@@ -33,3 +33,29 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or int(value) != value or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_labels(y, n: int, pair, what: str = "training data") -> torch.Tensor | None:
+    """Labels for a conditional pair: one per datapoint, integers in [0, num_classes) or one-hot
+    rows; returns them as a tensor (None when the pair takes no labels)."""
+    if not getattr(pair, "needs_labels", False):
+        return None
+    if y is None:
+        raise ValueError(f"{type(pair).__name__} needs labels for the {what}: pass labels=... or (x, y) data")
+    y = torch.as_tensor(y)
+    if y.shape[0] != n:
+        raise ValueError(f"{y.shape[0]} labels for {n} datapoints in the {what}")
+    classes = getattr(pair, "num_classes", None)
+    if y.dim() == 1:
+        if torch.is_floating_point(y) and not bool((y == y.round()).all()):
+            raise ValueError(f"labels of the {what} must be integers or one-hot rows")
+        y = y.long()
+        if classes is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise ValueError(f"labels of the {what} lie in [{int(y.min())}, {int(y.max())}], outside the "
+                             f"{classes} classes [0, {classes - 1}]")
+    elif y.dim() == 2:
+        if classes is not None and y.shape[1] != classes:
+            raise ValueError(f"one-hot labels of the {what} have {y.shape[1]} columns, not {classes}")
+    else:
+        raise ValueError(f"labels must be integers (n,) or one-hot (n, classes), got shape {tuple(y.shape)}")
+    return y

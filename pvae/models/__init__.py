@@ -1,7 +1,8 @@
 """pvae's model variants, one file each."""
 
 from .base import MODELS, PyroVAE
+from .cvae import ConditionalVAE
 from .hierarchical import HierarchicalVAE
 from .vae import VAE
 
-__all__ = ["MODELS", "PyroVAE", "VAE", "HierarchicalVAE"]
+__all__ = ["MODELS", "PyroVAE", "VAE", "HierarchicalVAE", "ConditionalVAE"]
