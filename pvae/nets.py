@@ -25,6 +25,7 @@ ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "identity": nn.Identity,  # linear nets (a linear autoencoder is PCA)
 }
 
 

@@ -1,8 +1,9 @@
 """pvae's model variants, one file each."""
 
 from .base import MODELS, PyroVAE
+from .ae import AE
 from .cvae import ConditionalVAE
 from .hierarchical import HierarchicalVAE
 from .vae import VAE
 
-__all__ = ["MODELS", "PyroVAE", "VAE", "HierarchicalVAE", "ConditionalVAE"]
+__all__ = ["MODELS", "PyroVAE", "VAE", "HierarchicalVAE", "ConditionalVAE", "AE"]

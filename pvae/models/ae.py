@@ -1,0 +1,86 @@
+r"""Autoencoders as Pyro model/guide pairs: a point-mass guide.
+
+With q(z|x) = delta(z - f(x)) the ELBO's entropy term vanishes and
+
+.. math:: \mathcal L(x) = \log p(x \mid z{=}f(x)) + \log p(z{=}f(x)),
+
+so with a flat (improper) prior (``prior="flat"``) training maximises the reconstruction
+log-likelihood alone: the plain autoencoder (squared error for a fixed-scale Gaussian likelihood,
+cross-entropy for a Bernoulli one). ``prior="normal"`` adds log N(f(x); 0, I): a MAP-regularised
+code. ``noise`` makes it a denoising autoencoder (Vincent et al. 2008): in training, the guide
+encodes a corrupted x (each value zeroed with probability ``noise``) while the model scores the
+clean one. With ``activation="identity"`` and a Gaussian likelihood the learned decoder spans the
+top principal subspace of the data (Baldi & Hornik 1989).
+
+A point mass has no density to importance-sample with, so log p(x) estimates do not apply: use
+the reconstruction term (``pvae.evaluate(...)["recon"]``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+
+from ..likelihoods import make_likelihood
+from ..nets import MLP
+from .base import PyroVAE
+
+
+class AE(PyroVAE):
+    """x -> z = f(x) -> p(x|z); ``hidden=()`` gives single linear layers each way."""
+
+    def __init__(self, x_shape=(784,), latent_dim=32, hidden=(256,), activation="relu", likelihood="bernoulli",
+                 prior="flat", noise=0.0, likelihood_scale=None):
+        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
+        if int(latent_dim) != latent_dim or latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        if hidden and min(hidden) < 1:
+            raise ValueError(f"hidden widths must be positive, got {hidden}")
+        if prior not in ("flat", "normal"):
+            raise ValueError(f"unknown prior {prior!r}; choose 'flat' or 'normal'")
+        if not 0.0 <= noise < 1.0:
+            raise ValueError(f"noise (the masking probability of the denoising AE) must lie in [0, 1), got {noise}")
+        super().__init__(x_shape=list(x_shape), latent_dim=int(latent_dim), hidden=list(hidden), activation=activation,
+                         likelihood=likelihood, prior=prior, noise=float(noise), likelihood_scale=likelihood_scale)
+        self.x_shape, self.latent_dim, self.prior_kind, self.noise = x_shape, int(latent_dim), prior, float(noise)
+        self.likelihood = make_likelihood(likelihood, x_shape, likelihood_scale)
+        self.encoder = MLP(x_shape, hidden, (latent_dim,), activation)
+        self.decoder = MLP((latent_dim,), hidden[::-1], (self.likelihood.num_params * math.prod(x_shape),), activation)
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def prior(self, n: int):
+        zeros = self._zero.expand(n, self.latent_dim)
+        if self.prior_kind == "normal":
+            return dist.Normal(zeros, 1.0).to_event(1)
+        return dist.ImproperUniform(dist.constraints.real, (n,), (self.latent_dim,))
+
+    def decoder_params(self, z):
+        return self.decoder(z).reshape(z.shape[:-1] + (self.likelihood.num_params,) + self.x_shape)
+
+    def model(self, x=None, n=None):
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            z = pyro.sample("z", self.prior(n))
+            return pyro.sample("x", self.likelihood(self.decoder_params(z)), obs=x)
+
+    def guide(self, x, n=None):
+        if self.training and self.noise > 0:  # denoising: encode a corrupted copy
+            x = x * (torch.rand_like(x) >= self.noise)
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("z", dist.Delta(self.encoder(x), event_dim=1))
+
+    @torch.no_grad()
+    def encode(self, x):
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def decode(self, z):
+        return self.likelihood.mean(self.decoder_params(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        return self.decode(self.encode(x))
