@@ -23,7 +23,6 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 
 from ..likelihoods import make_likelihood
 from ..nets import MLP
