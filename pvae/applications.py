@@ -1,0 +1,44 @@
+"""What users build with a trained model: anomaly scores and their AUROC.
+
+Anomaly detection by likelihood: a datapoint the model finds improbable is suspicious, so its
+score is -log p(x), estimated by importance sampling (:func:`pvae.log_likelihood`). AUROC is the
+probability that a random anomaly scores higher than a random normal datapoint (ties count
+half), computed exactly from the scores (the Mann-Whitney U statistic).
+
+A known limit (Nalisnick et al. 2019, "Do deep generative models know what they don't know?"):
+likelihoods favour simple images, so an anomaly class with few lit pixels (Fashion-MNIST's
+trousers, sandals, sneakers) can score *more* probable than the training classes and give an
+AUROC below 0.5. ``docs/applications.md`` reports the AUROC of every held-out class.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .evaluate import log_likelihood
+
+
+def anomaly_scores(model, data, k: int = 1000, **kwargs) -> torch.Tensor:
+    """-log p(x) per datapoint (higher: more anomalous); ``kwargs`` go to :func:`pvae.log_likelihood`."""
+    return -log_likelihood(model, data, k=k, **kwargs)
+
+
+def auroc(scores, is_anomaly) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean labels ``is_anomaly``."""
+    scores, is_anomaly = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(is_anomaly, dtype=torch.bool)
+    if scores.shape != is_anomaly.shape or scores.dim() != 1:
+        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(is_anomaly.shape)} must be two equal 1-d shapes")
+    pos, neg = scores[is_anomaly], scores[~is_anomaly]
+    if pos.numel() == 0 or neg.numel() == 0:
+        raise ValueError("AUROC needs at least one anomaly and one normal datapoint")
+    # ranks with ties averaged: U = sum of the anomalies' ranks - n_pos (n_pos + 1) / 2
+    order = torch.cat([pos, neg])
+    ranks = torch.empty_like(order)
+    sorted_vals, idx = order.sort()
+    ranks[idx] = torch.arange(1, order.numel() + 1, dtype=torch.float64)
+    for v in sorted_vals.unique():  # average the ranks of ties
+        tie = order == v
+        if int(tie.sum()) > 1:
+            ranks[tie] = ranks[tie].mean()
+    u = ranks[: pos.numel()].sum() - pos.numel() * (pos.numel() + 1) / 2
+    return float(u / (pos.numel() * neg.numel()))
