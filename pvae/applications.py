@@ -1,4 +1,4 @@
-"""What users build with a trained model: anomaly scores and their AUROC.
+"""What users build with a trained model: anomaly scores and their AUROC, and inpainting.
 
 Anomaly detection by likelihood: a datapoint the model finds improbable is suspicious, so its
 score is -log p(x), estimated by importance sampling (:func:`pvae.log_likelihood`). AUROC is the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .evaluate import log_likelihood
+from .pair import device_of
 
 
 def anomaly_scores(model, data, k: int = 1000, **kwargs) -> torch.Tensor:
@@ -42,3 +43,33 @@ def auroc(scores, is_anomaly) -> float:
             ranks[tie] = ranks[tie].mean()
     u = ranks[: pos.numel()].sum() - pos.numel() * (pos.numel() + 1) / 2
     return float(u / (pos.numel() * neg.numel()))
+
+
+@torch.no_grad()
+def inpaint(model, x, observed, k: int = 500, fill=None) -> torch.Tensor:
+    r"""Impute the missing values of ``x`` from its observed ones (``observed``: a boolean mask of
+    x's shape, True where a value is known), for a pvae model with one latent site (``VAE``).
+
+    The posterior over z given the observed values alone,
+    p(z | x_obs) ∝ p(z) p(x_obs | z), is approximated by self-normalised importance sampling: k
+    draws z_i from the guide run on x with its missing values set to ``fill`` (default: the
+    observed values' mean per datapoint), weighted by w_i = p(z_i) p(x_obs | z_i) / q(z_i | .), in
+    which only observed values enter the likelihood. Missing values become
+    sum_i w~_i E[x_miss | z_i]; observed values are kept as they are.
+    """
+    device = device_of(model)
+    shape = (x.shape[0],) + tuple(model.x_shape)
+    x, observed = x.reshape(shape).to(device), torch.as_tensor(observed).reshape(shape).to(device)
+    obs = observed.to(x.dtype)
+    if fill is None:
+        dims = tuple(range(1, x.dim()))
+        fill = ((x * obs).sum(dims, keepdim=True) / obs.sum(dims, keepdim=True).clamp(min=1))
+    q = model.posterior(x * obs + fill * (1 - obs))
+    z = q.sample((k,))  # (k, n, D)
+    out = model.decoder_params(z)
+    event_dims = tuple(range(2, 2 + len(model.x_shape)))
+    log_px_obs = (model.likelihood.value_log_prob(out, x) * obs).sum(event_dims)
+    log_w = log_px_obs + model.prior(x.shape[0]).log_prob(z) - q.log_prob(z)
+    w = torch.softmax(log_w, dim=0).reshape((k, x.shape[0]) + (1,) * len(model.x_shape))
+    imputed = (w * model.likelihood.mean(out)).sum(0)
+    return torch.where(observed, x, imputed)

@@ -47,6 +47,11 @@ class Likelihood(nn.Module):
         """E[x | z] for the decoder output ``out``."""
         return self(out).mean
 
+    def value_log_prob(self, out, x) -> torch.Tensor:
+        """log p(x_i | z) of every value, shape ``(*batch, *x_shape)`` (for masks: inpainting)."""
+        d = self(out)
+        return d.value_log_prob(x) if isinstance(d, BernoulliImage) else d.base_dist.log_prob(x)
+
 
 class BernoulliImage(dist.TorchDistribution):
     """Independent Bernoulli(sigmoid(logits)) over the last ``event_dim`` dims, in one fused pass:
@@ -74,6 +79,11 @@ class BernoulliImage(dist.TorchDistribution):
         with torch.no_grad():
             p = torch.sigmoid(self.logits.expand(self._extended_shape(sample_shape)))
             return torch.bernoulli(p)
+
+    def value_log_prob(self, value):
+        """Per-value log-probabilities, before the sum over the event dims."""
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
 
     def log_prob(self, value):
         logits, value = torch.broadcast_tensors(self.logits, value)
