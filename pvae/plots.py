@@ -179,3 +179,27 @@ def per_objective(values: dict, ylabel: str, path=None, hline=None, paired: bool
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+def traversal(model, x, dims=None, values=None, path=None):
+    """One row per latent dimension: E_q[z|x] with that dimension swept over ``values`` (default
+    -3..3 in 9 steps), decoded. ``dims`` defaults to the first 8."""
+    z0 = model.encode(x[None].to(model.device))[0]
+    dims = list(range(min(8, z0.shape[0]))) if dims is None else list(dims)
+    values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values, dtype=z0.dtype)
+    rows = []
+    for d in dims:
+        z = z0.expand(len(values), -1).clone()
+        z[:, d] = values.to(z.device)
+        rows.append(model.decode(z))
+    return image_grid(rows, path, titles=[f"z_{d}" for d in dims])
+
+
+def latent_map(model, n: int = 15, span: float = 3.0, path=None):
+    """For a 2-D latent: decode an n x n grid of z over [-span, span]^2 (the learned manifold)."""
+    if getattr(model, "latent_dim", None) != 2:
+        raise ValueError("latent_map draws a 2-D latent space: the model needs latent_dim=2")
+    g = torch.linspace(-span, span, n, device=model.device)
+    z = torch.stack(torch.meshgrid(g.flip(0), g, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
+    images = model.decode(z)
+    return image_grid([images[i * n:(i + 1) * n] for i in range(n)], path)

@@ -45,3 +45,14 @@ def test_inpainting_keeps_observed_pixels_and_beats_the_mean_image():
     error = float(((filled - x)[missing] ** 2).mean())
     baseline = float(((train.x.reshape(-1, 784).mean(0).expand_as(x) - x)[missing] ** 2).mean())
     assert error < 0.85 * baseline, (error, baseline)  # measured 0.070 against 0.095
+
+
+def test_traversal_and_latent_map_figures(tmp_path):
+    m = pvae.VAE(latent_dim=2, hidden=(32,))
+    x = torch.rand(784).round()
+    fig = pvae.plots.traversal(m, x, values=[-2, 0, 2], path=tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000 and fig is not None
+    pvae.plots.latent_map(m, n=5, path=tmp_path / "map.png")
+    assert (tmp_path / "map.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="needs latent_dim=2"):
+        pvae.plots.latent_map(pvae.VAE(latent_dim=3, hidden=(8,)))
