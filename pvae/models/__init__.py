@@ -5,5 +5,6 @@ from .ae import AE
 from .cvae import ConditionalVAE
 from .hierarchical import HierarchicalVAE
 from .vae import VAE
+from .vqvae import VQVAE
 
-__all__ = ["MODELS", "PyroVAE", "VAE", "HierarchicalVAE", "ConditionalVAE", "AE"]
+__all__ = ["MODELS", "PyroVAE", "VAE", "HierarchicalVAE", "ConditionalVAE", "AE", "VQVAE"]
