@@ -14,8 +14,8 @@ def test_example_smoke(script, tmp_path):
     r = subprocess.run([sys.executable, str(script), "--smoke"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "log p(x)" in r.stdout
+    assert r.stdout.strip(), "an example reports what it measured"
 
 
 def test_there_are_examples():
-    assert len(EXAMPLES) >= 2
+    assert len(EXAMPLES) >= 8
