@@ -74,12 +74,6 @@ class AE(PyroVAE):
 
     @torch.no_grad()
     def encode(self, x):
+        """The code f(x) (decode and reconstruct come from PyroVAE)."""
         return self.encoder(x)
 
-    @torch.no_grad()
-    def decode(self, z):
-        return self.likelihood.mean(self.decoder_params(z))
-
-    @torch.no_grad()
-    def reconstruct(self, x):
-        return self.decode(self.encode(x))

@@ -32,6 +32,16 @@ class PyroVAE(nn.Module):
     def device(self) -> torch.device:
         return device_of(self)
 
+    @torch.no_grad()
+    def decode(self, z):
+        """E[x|z], shape ``(*z.shape[:-1], *x_shape)``, for models with ``decoder_params(z)``."""
+        return self.likelihood.mean(self.decoder_params(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """E[x | z = encode(x)]."""
+        return self.decode(self.encode(x))
+
     def model(self, x=None, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 

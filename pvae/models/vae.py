@@ -110,15 +110,7 @@ class VAE(PyroVAE):
         """The posterior mean E_q[z|x], shape ``(n, latent_dim)``."""
         return self.posterior(x).mean
 
-    @torch.no_grad()
-    def decode(self, z):
-        """E[x|z], shape ``(*z.shape[:-1], *x_shape)``."""
-        return self.likelihood.mean(self.decoder_params(z))
-
-    @torch.no_grad()
-    def reconstruct(self, x):
-        """E[x | z = E_q[z|x]]."""
-        return self.decode(self.encode(x))
+    # decode(z) = E[x|z] and reconstruct(x) = decode(encode(x)) come from PyroVAE
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True):
