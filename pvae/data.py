@@ -208,7 +208,8 @@ def _load_array_file(path, split):
 
 
 def _to_float(a) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(a))
+    """Arrays or tensors -> float tensors; uint8 images are divided by 255."""
+    t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
     return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
 
@@ -278,7 +279,7 @@ def as_tensors(data, labels=None) -> tuple[torch.Tensor, torch.Tensor | None, st
     if x.is_complex():
         raise TypeError(f"data must be real numbers, got dtype {x.dtype}")
     if not torch.is_floating_point(x):
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = _to_float(x)
     if x.shape[0] == 0:
         raise ValueError("the dataset is empty")
     if y is not None and y.shape[0] != x.shape[0]:

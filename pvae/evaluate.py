@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .data import Data, as_tensors
 from .objectives import guess_max_plate_nesting, log_weight_terms
-from .pair import as_pair, device_of, match_shape
+from .pair import as_pair, batch_args, device_of, match_shape
 from .validate import check_data, check_labels
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
@@ -43,11 +43,6 @@ def _eval_xy(data, pair, labels=None):
     x = match_shape(x, pair)
     check_data(x, pair, "evaluation data")
     return x, check_labels(labels if labels is not None else y, x.shape[0], pair, "evaluation data")
-
-
-def _args(x, y, start, stop, device):
-    xb = x[start:stop].to(device)
-    return (xb,) if y is None else (xb, y[start:stop].to(device))
 
 
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
@@ -66,7 +61,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                args = _args(x, y, start, start + batch_size, device)
+                args = batch_args(x, y, start, start + batch_size, device)
                 if nesting is None:
                     nesting = guess_max_plate_nesting(pair.model, pair.guide, *args)
                 parts, c = [], 0
@@ -132,7 +127,7 @@ def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
             with poutine.block():
-                tr = poutine.trace(pair.guide).get_trace(*_args(x, y, start, start + batch_size, device))
+                tr = poutine.trace(pair.guide).get_trace(*batch_args(x, y, start, start + batch_size, device))
             for name, site in tr.nodes.items():
                 if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
                     continue

@@ -49,8 +49,7 @@ class Likelihood(nn.Module):
 
     def value_log_prob(self, out, x) -> torch.Tensor:
         """log p(x_i | z) of every value, shape ``(*batch, *x_shape)`` (for masks: inpainting)."""
-        d = self(out)
-        return d.value_log_prob(x) if isinstance(d, BernoulliImage) else d.base_dist.log_prob(x)
+        return self(out).base_dist.log_prob(x)  # an Independent distribution over x's values
 
 
 class BernoulliImage(dist.TorchDistribution):
@@ -80,15 +79,16 @@ class BernoulliImage(dist.TorchDistribution):
             p = torch.sigmoid(self.logits.expand(self._extended_shape(sample_shape)))
             return torch.bernoulli(p)
 
+    def _cross_entropy(self, value):
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        return F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+
     def value_log_prob(self, value):
         """Per-value log-probabilities, before the sum over the event dims."""
-        logits, value = torch.broadcast_tensors(self.logits, value)
-        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -self._cross_entropy(value)
 
     def log_prob(self, value):
-        logits, value = torch.broadcast_tensors(self.logits, value)
-        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-        return -bce.sum(tuple(range(-self.event_dim, 0)))
+        return -self._cross_entropy(value).sum(tuple(range(-self.event_dim, 0)))
 
 
 class Bernoulli(Likelihood):
@@ -101,6 +101,9 @@ class Bernoulli(Likelihood):
 
     def mean(self, out):
         return torch.sigmoid(self.split(out)[0])
+
+    def value_log_prob(self, out, x):
+        return self(out).value_log_prob(x)
 
 
 class ContinuousBernoulli(Likelihood):

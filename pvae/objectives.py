@@ -64,14 +64,21 @@ def _check_in_plate(site, data_plate: str) -> None:
             f"bounds, so every sample site of a datapoint must sit inside pyro.plate({data_plate!r}, ...)")
 
 
+def _plain_traces(model, guide, *args, **kwargs):
+    """One run of guide and model, hidden from outer handlers, without gradients, and with the
+    random-number state restored afterwards (so that looking does not change later draws)."""
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with poutine.block(), torch.random.fork_rng(devices=cuda), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
 def guess_max_plate_nesting(model, guide, *args, data_plate: str = DATA_PLATE, **kwargs) -> int:
     """How many plate dims the model and guide use, from one plain run of each (the random-number
     state is restored afterwards, so guessing does not change later draws). Checks on the way
     that every sample site sits inside the data plate."""
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with poutine.block(), torch.random.fork_rng(devices=cuda):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    model_trace, guide_trace = _plain_traces(model, guide, *args, **kwargs)
     nesting = 0
     for tr in (model_trace, guide_trace):
         for site in tr.nodes.values():
@@ -485,9 +492,7 @@ def check_mean_field(elbo: ELBO, pair, *args, **kwargs) -> None:
         raise ValueError(f"mf-elbo is not valid for {type(pair).__name__} with this guide: the guide's latents "
                          "depend on each other in another order than the model's; use 'elbo' or an "
                          "importance-weighted objective")
-    with poutine.block(), torch.random.fork_rng(devices=[]), torch.no_grad():
-        guide_trace = poutine.trace(pair.guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args, **kwargs)
+    model_trace, guide_trace = _plain_traces(pair.model, pair.guide, *args, **kwargs)
     for name, site in _latent_sites(guide_trace):
         q, p = site["fn"], model_trace.nodes[name]["fn"]
         try:

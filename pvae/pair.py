@@ -72,6 +72,9 @@ def match_shape(x: torch.Tensor, pair, what: str = "data") -> torch.Tensor:
     return x.reshape((x.shape[0],) + tuple(shape))
 
 
-def takes_labels(pair) -> bool:
-    """Whether the pair's model and guide take labels: ``model(x, y)``, ``guide(x, y)``."""
-    return bool(getattr(pair, "needs_labels", False))
+def batch_args(x, y, start: int, stop: int, device=None) -> tuple:
+    """The model/guide arguments for datapoints start..stop: ``(x,)``, or ``(x, y)`` with labels."""
+    xb = x[start:stop].to(device) if device is not None else x[start:stop]
+    if y is None:
+        return (xb,)
+    return xb, (y[start:stop].to(device) if device is not None else y[start:stop])

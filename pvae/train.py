@@ -31,7 +31,7 @@ from .handlers import scale_latents
 from .nets import accelerate
 from .objectives import (check_mean_field, guess_max_plate_nesting, log_weight_terms, objective as make_objective,
                          set_plate_nesting)
-from .pair import as_pair, match_shape
+from .pair import as_pair, batch_args, match_shape
 from .distributed import Context, all_true, launched, setup, sum_all, wrap
 from .validate import check_data, check_labels, check_positive_int
 
@@ -74,7 +74,7 @@ def mean_elbo(pair, x: torch.Tensor, y=None, batch_size: int = 1000, max_plate_n
     """The ELBO (one draw, no beta or warm-up) averaged over the datapoints of ``x`` (labels ``y``)."""
     total = 0.0
     for s in range(0, x.shape[0], batch_size):
-        args = (x[s:s + batch_size],) if y is None else (x[s:s + batch_size], y[s:s + batch_size])
+        args = batch_args(x, y, s, s + batch_size)
         with poutine.block():
             t = log_weight_terms(pair.model, pair.guide, *args, num_particles=1, max_plate_nesting=max_plate_nesting)
         total += float(t.log_weights.sum())
@@ -299,7 +299,7 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     faults = FaultPolicy(on_nonfinite, ctx, where, deferred=device.type != "cpu" and on_nonfinite == "stop"
                          and not ctx.active)
     with pyro.validation_enabled(validate):
-        first = (x[:2],) if y is None else (x[:2], y[:2])
+        first = batch_args(x, y, 0, 2)
         nesting = guess_max_plate_nesting(pair.model, pair.guide, *first)
         set_plate_nesting(elbo, nesting)
         check_mean_field(elbo, pair, *first)

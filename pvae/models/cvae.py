@@ -107,9 +107,8 @@ class ConditionalVAE(PyroVAE):
     @torch.no_grad()
     def sample(self, n: int, y=None, mean: bool = True):
         """n datapoints of class ``y`` (an int, or one label per datapoint; default: classes in turn)."""
-        y = torch.arange(n) % self.num_classes if y is None else torch.as_tensor(y).expand(n) if \
-            torch.as_tensor(y).dim() == 0 else torch.as_tensor(y)
-        e = self.one_hot(y)
+        y = torch.arange(n) % self.num_classes if y is None else torch.as_tensor(y)
+        e = self.one_hot(y.expand(n) if y.dim() == 0 else y)
         z = self.prior(e).sample()
         params = self.decoder_params(z, e)
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
