@@ -13,7 +13,7 @@ from .compare import compare
 from .data import Data, load_dataset
 from .evaluate import active_units, ess, evaluate, log_likelihood, posterior_means, psis_khat
 from .handlers import scale_latents
-from .models import AE, MODELS, VAE, VQVAE, ConditionalVAE, HierarchicalVAE, PyroVAE
+from .models import AE, MODELS, GumbelSoftmaxVAE, VAE, VQVAE, ConditionalVAE, HierarchicalVAE, PyroVAE, SemiSupervisedVAE, StructuredCVAE
 from .objectives import (CombinationIWAE, DReGIWAE, ImportanceWeightedELBO, MultiImportanceWeightedELBO,
                          PartialIWAE, PyroRenyiELBO, StickingTheLandingELBO, log_weight_terms, objective)
 from .pair import ModelGuide
@@ -23,7 +23,7 @@ from .train import History, fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "VAE", "HierarchicalVAE", "ConditionalVAE", "AE", "VQVAE", "preset", "PRESETS", "PyroVAE", "MODELS", "ModelGuide",
+    "VAE", "HierarchicalVAE", "ConditionalVAE", "StructuredCVAE", "SemiSupervisedVAE", "GumbelSoftmaxVAE", "AE", "VQVAE", "preset", "PRESETS", "PyroVAE", "MODELS", "ModelGuide",
     "fit", "History", "compare", "objective", "ImportanceWeightedELBO", "MultiImportanceWeightedELBO", "CombinationIWAE",
     "DReGIWAE", "StickingTheLandingELBO", "PartialIWAE", "PyroRenyiELBO", "log_weight_terms", "scale_latents",
     "log_likelihood", "evaluate", "active_units", "posterior_means", "ess", "psis_khat",

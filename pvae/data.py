@@ -285,3 +285,39 @@ def as_tensors(data, labels=None) -> tuple[torch.Tensor, torch.Tensor | None, st
     if y is not None and y.shape[0] != x.shape[0]:
         raise ValueError(f"{y.shape[0]} labels for {x.shape[0]} datapoints")
     return x, y, mode
+
+
+def semi_supervised(data, n_labelled: int, *, labelled_share: float | None = 0.1, seed: int = 0) -> Data:
+    """Training data for a semi-supervised pair: every label hidden (``-1``) but ``n_labelled``,
+    drawn class-balanced (``n_labelled / C`` per class) with a seeded generator.
+
+    Few labels would otherwise be seen once an epoch among tens of thousands of datapoints, so
+    the labelled datapoints are repeated until they make up ``labelled_share`` of the result
+    (None: no repetition), as Kingma et al. (2014) and Pyro's SS-VAE mix labelled datapoints into
+    every batch. The result keeps the input's binarization mode.
+    """
+    x, y, mode = as_tensors(data)
+    if y is None:
+        raise ValueError("semi_supervised needs labelled data: pass (x, y) or a dataset with labels")
+    y = y.long()
+    classes = int(y.max()) + 1
+    if int(n_labelled) != n_labelled or n_labelled < classes or n_labelled % classes:
+        raise ValueError(f"n_labelled must be a positive multiple of the {classes} classes, got {n_labelled}")
+    if labelled_share is not None and not 0 < labelled_share < 1:
+        raise ValueError(f"labelled_share must lie in (0, 1) or be None, got {labelled_share}")
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(classes):
+        members = (y == c).nonzero()[:, 0]
+        if members.numel() < n_labelled // classes:
+            raise ValueError(f"class {c} has {members.numel()} datapoints, fewer than {n_labelled // classes}")
+        chosen.append(members[torch.randperm(members.numel(), generator=g)[: n_labelled // classes]])
+    chosen = torch.cat(chosen)
+    unlabelled = torch.ones(x.shape[0], dtype=torch.bool)
+    unlabelled[chosen] = False
+    repeat = 1
+    if labelled_share is not None:
+        repeat = max(1, round(labelled_share * int(unlabelled.sum()) / ((1 - labelled_share) * chosen.numel())))
+    idx = torch.cat([unlabelled.nonzero()[:, 0], chosen.repeat(repeat)])
+    labels = torch.cat([torch.full((int(unlabelled.sum()),), -1, dtype=torch.long), y[chosen].repeat(repeat)])
+    return Data(x[idx], labels, name=f"semi-supervised ({n_labelled} labels)", binarize=mode)

@@ -29,7 +29,7 @@ import pyro
 import torch
 from pyro import poutine
 from torch import nn
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import site_is_subsample
@@ -515,6 +515,7 @@ def set_plate_nesting(elbo: ELBO, nesting: int) -> None:
 OBJECTIVES = {
     "elbo": "Trace_ELBO: E_q[log p(x,z) - log q(z|x)], Monte Carlo with k particles",
     "mf-elbo": "TraceMeanField_ELBO: reconstruction by Monte Carlo, KL in closed form",
+    "enum-elbo": "TraceEnum_ELBO: the ELBO with the guide's discrete sites summed out exactly (M2's labels)",
     "iwae": "importance-weighted bound with k samples (pvae's per-datapoint ELBO)",
     "iwae-dreg": "IWAE bound, doubly reparameterized gradients (Tucker et al. 2018)",
     "stl": "ELBO with k particles, sticking-the-landing gradients (Roeder et al. 2017)",
@@ -565,8 +566,8 @@ def objective(name: str = "elbo", k: int = 1, alpha: float = 0.5, *, M: int | No
     if int(k) != k or k < 1:
         raise ValueError(f"the number of samples k must be an integer >= 1, got {k}")
     k = int(k)
-    if name in ("elbo", "mf-elbo"):
-        cls = Trace_ELBO if name == "elbo" else TraceMeanField_ELBO
+    if name in ("elbo", "mf-elbo", "enum-elbo"):
+        cls = {"elbo": Trace_ELBO, "mf-elbo": TraceMeanField_ELBO, "enum-elbo": TraceEnum_ELBO}[name]
         return cls(num_particles=k, vectorize_particles=k > 1, **kwargs)
     if name in ("iwae", "renyi"):
         return ImportanceWeightedELBO(num_particles=k, alpha=0.0 if name == "iwae" else alpha, **kwargs)

@@ -4,7 +4,8 @@ Each step draws a minibatch x_B, evaluates the objective's differentiable loss
 (e.g. -ELBO = -E_q[log p(x,z) - log q(z|x)] summed over the batch) with reparameterized
 draws, and takes one step of a single ``torch.optim.Adam`` over all the module's parameters
 (faster than ``pyro.optim``, which builds one optimizer per parameter). KL warm-up multiplies
-the latent sites of model and guide by min(1, step / (warmup_epochs * steps_per_epoch)).
+the latent sites of model and guide by min(1, step / (warmup_epochs * steps_per_epoch)). A model
+with an ``anneal(step)`` method (a temperature schedule) has it called before every step.
 
 The data live on the training device as one tensor; batches are drawn by a seeded on-device
 permutation (no DataLoader). After every epoch the test ELBO is measured, and the history and a
@@ -174,6 +175,7 @@ def _train_epoch(pair, step_loss, optimizer, params, x, y, perm, batch_size, bar
     pair.train()
     device = x.device
     total, seen, scale = torch.zeros((), device=device), 0, 1.0
+    anneal = getattr(pair, "anneal", None)  # a model's own schedule (e.g. a Gumbel-softmax temperature)
     faults.start_epoch(device)
     for step in bar:
         idx = perm[step * batch_size:(step + 1) * batch_size]
@@ -183,6 +185,8 @@ def _train_epoch(pair, step_loss, optimizer, params, x, y, perm, batch_size, bar
             xb = torch.bernoulli(xb)
         args = (xb,) if y is None else (xb, y[idx])
         scale = kl_scale(epoch * steps + step + 1)
+        if anneal is not None:
+            anneal(epoch * steps + step)
         optimizer.zero_grad(set_to_none=True)
         with scale_latents(scale=scale):  # warm-up: latent sites of model and guide alike (no-op at 1)
             loss = step_loss(*args)

@@ -50,9 +50,11 @@ def check_labels(y, n: int, pair, what: str = "training data") -> torch.Tensor |
         if torch.is_floating_point(y) and not bool((y == y.round()).all()):
             raise ValueError(f"labels of the {what} must be integers or one-hot rows")
         y = y.long()
-        if classes is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
+        lowest = -1 if getattr(pair, "missing_labels", False) else 0  # -1: unknown, for semi-supervised pairs
+        if classes is not None and (int(y.min()) < lowest or int(y.max()) >= classes):
+            unknown = " (or -1 where unknown)" if lowest else ""
             raise ValueError(f"labels of the {what} lie in [{int(y.min())}, {int(y.max())}], outside the "
-                             f"{classes} classes [0, {classes - 1}]")
+                             f"{classes} classes [0, {classes - 1}]{unknown}")
     elif y.dim() == 2:
         if classes is not None and y.shape[1] != classes:
             raise ValueError(f"one-hot labels of the {what} have {y.shape[1]} columns, not {classes}")
