@@ -1,4 +1,4 @@
-"""What users build with a trained model: anomaly scores and their AUROC, and inpainting.
+"""What users build with a trained model: anomaly scores and their AUROC, denoising and inpainting.
 
 Anomaly detection by likelihood: a datapoint the model finds improbable is suspicious, so its
 score is -log p(x), estimated by importance sampling (:func:`pvae.log_likelihood`). AUROC is the
@@ -73,3 +73,22 @@ def inpaint(model, x, observed, k: int = 500, fill=None) -> torch.Tensor:
     w = torch.softmax(log_w, dim=0).reshape((k, x.shape[0]) + (1,) * len(model.x_shape))
     imputed = (w * model.likelihood.mean(out)).sum(0)
     return torch.where(observed, x, imputed)
+
+
+def corrupt(x, noise: float = 0.3, kind: str = "mask", seed: int = 0) -> torch.Tensor:
+    """A corrupted copy of ``x`` for denoising: ``"mask"`` zeroes each value with probability
+    ``noise`` (the denoising AE's training corruption), ``"flip"`` flips binary values with
+    probability ``noise``, ``"gaussian"`` adds N(0, noise^2) and clips to [0, 1]. Seeded, so
+    every model is shown the same corrupted data; denoise with ``model.reconstruct(corrupted)``."""
+    if not 0 <= noise < 1 and kind != "gaussian":
+        raise ValueError(f"noise must lie in [0, 1) for {kind!r} corruption, got {noise}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.as_tensor(x)
+    u = torch.rand(x.shape, generator=g).to(x.device)
+    if kind == "mask":
+        return x * (u >= noise)
+    if kind == "flip":
+        return torch.where(u < noise, 1 - x, x)
+    if kind == "gaussian":
+        return (x + noise * torch.randn(x.shape, generator=g).to(x.device)).clamp(0, 1)
+    raise ValueError(f"unknown corruption {kind!r}; choose 'mask', 'flip' or 'gaussian'")

@@ -28,8 +28,45 @@ def load_split(args, split):
     return load_dataset(args.dataset, split, data_dir=args.data_dir, binarize=args.binarize, n=n)
 
 
+def _figures(model, test, x, run_dir: Path, labels=None) -> None:
+    """The figures that fit ``model``: each variant draws what it has the methods for."""
+    import torch
+
+    from . import plots
+
+    y = test.y
+    if getattr(model, "needs_labels", False) and not hasattr(model, "classify"):
+        n = min(10, x.shape[0])
+        plots.image_grid([x[:n].to(model.device), model.reconstruct(x[:n].to(model.device), y[:n].to(model.device))],
+                         run_dir / "reconstructions.png", titles=["input", "reconstruction"])
+    elif hasattr(model, "complete"):  # structured output: the hidden part predicted from the visible
+        plots.completions(model, x, path=run_dir / "completions.png")
+    elif hasattr(model, "reconstruct"):
+        plots.reconstructions(model, x, path=run_dir / "reconstructions.png")
+    if hasattr(model, "num_classes") and getattr(model, "needs_labels", False):
+        plots.class_samples(model, path=run_dir / "samples.png")
+    elif hasattr(model, "sample"):
+        plots.samples(model, path=run_dir / "samples.png")
+    latent_dim = getattr(model, "latent_dim", None)
+    continuous = (hasattr(model, "encode") and hasattr(model, "decode") and latent_dim
+                  and not getattr(model, "needs_labels", False) and not hasattr(model, "complete"))
+    if continuous:
+        plots.latent_space(model, x, y, path=run_dir / "latent_space.png", max_points=x.shape[0])
+        plots.interpolation(model, x[0], x[1], path=run_dir / "interpolation.png")
+        if latent_dim == 2 and hasattr(model, "sample"):
+            plots.latent_map(model, path=run_dir / "latent_map.png")
+        if latent_dim >= 2:
+            plots.traversal(model, x[0], path=run_dir / "traversal.png")
+    torch.manual_seed(0)
+
+
 def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed: int = 0) -> dict:
-    """Evaluate ``model`` on ``test``, draw the figures, write results.json and summary.md."""
+    """Evaluate ``model`` on ``test``, draw the figures, write results.json and summary.md.
+
+    Point-mass guides (AE, VQ-VAE) have no density to importance-sample with: they are scored by
+    their reconstruction term alone (k = 1). A semi-supervised model is scored on unlabelled test
+    data (log p(x), y summed out by sampling q(y|x)) and by its classifier's test accuracy.
+    """
     import torch
 
     from . import plots
@@ -38,13 +75,19 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    res = evaluate(model, test, k=k, progress=progress)
+    point_mass = getattr(model, "point_mass", False)
+    semi = getattr(model, "missing_labels", False)
+    labels = torch.full((len(test),), -1) if semi else None
+    res = evaluate(model, test, k=1 if point_mass else k, progress=progress, khat=not point_mass, labels=labels)
     s = dict(res["summary"], eval_seconds=time.perf_counter() - t0)
+    if point_mass:
+        s = {key: v for key, v in s.items() if key not in ("log_px", "elbo", "kl", "ess")}
     x = test.eval_x().reshape((len(test),) + tuple(model.x_shape))
-    plots.reconstructions(model, x, path=run_dir / "reconstructions.png")
-    plots.samples(model, path=run_dir / "samples.png")
-    plots.latent_space(model, x, test.y, path=run_dir / "latent_space.png")
-    plots.interpolation(model, x[0], x[1], path=run_dir / "interpolation.png")
+    if semi:
+        s["accuracy"] = model.accuracy(x, test.y)
+    if hasattr(model, "temperature"):
+        s["temperature"] = model.temperature
+    _figures(model, test, x, run_dir)
     if "khat" in res:
         plots.khat_histogram(res["khat"], path=run_dir / "khat.png")
     if history:
@@ -56,11 +99,12 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
     return s
 
 
-ROWS = [("log_px", "test log p(x) (nats, importance-sampled)"), ("elbo", "test ELBO"),
+ROWS = [("accuracy", "test accuracy of q(y|x)"), ("log_px", "test log p(x) (nats, importance-sampled)"), ("elbo", "test ELBO"),
         ("recon", "  reconstruction E_q[log p(x|z)]"), ("kl", "  KL(q(z|x) || p(z))"),
         ("active_units", "active units (Cov_x E_q[u] > 0.01)"), ("ess", "importance-sampling ESS"),
         ("khat_median", "PSIS k-hat, median"), ("khat_max", "PSIS k-hat, max"),
-        ("khat_gt_0_7", "share of k-hat > 0.7"), ("train_seconds", "training seconds"),
+        ("khat_gt_0_7", "share of k-hat > 0.7"), ("temperature", "Gumbel-softmax temperature at the end"),
+        ("train_seconds", "training seconds"),
         ("eval_seconds", "evaluation seconds")]
 
 
@@ -74,29 +118,82 @@ def results_table(s: dict) -> str:
 
 
 def summary_markdown(s: dict, run_dir: Path) -> str:
-    figs = [f for f in ("reconstructions", "samples", "latent_space", "interpolation", "training_curves", "khat")
-            if (run_dir / f"{f}.png").exists()]
+    figs = [f for f in ("reconstructions", "completions", "samples", "latent_space", "latent_map", "interpolation",
+                        "traversal", "training_curves", "khat") if (run_dir / f"{f}.png").exists()]
     return (f"# pvae run `{run_dir.name}`\n\n{s['n']} test datapoints, k = {s['k']} importance samples.\n\n"
             + results_table(s) + "\n\n" + "\n".join(f"![{f}]({f}.png)" for f in figs) + "\n")
 
 
-def build_model(args, x_shape):
-    from .models import VAE
+#: ``--model`` choices: the variant each builds, with which objective it trains by default
+MODEL_CHOICES = {
+    "vae": ("VAE (any guide family, MLP or conv nets)", "elbo"),
+    "cvae": ("ConditionalVAE: labels in encoder, decoder and (--prior learned) prior", "elbo"),
+    "m2": ("SemiSupervisedVAE (Kingma et al. 2014 M2), --labels training labels kept", "enum-elbo"),
+    "structured": ("StructuredCVAE: predict the hidden quadrants from --visible ones", "elbo"),
+    "gumbel": ("GumbelSoftmaxVAE: --num-vars categorical latents of --num-classes", "mf-elbo"),
+    "ae": ("AE: point-mass guide (--noise > 0: denoising)", "elbo"),
+    "vqvae": ("VQVAE: nearest-code point-mass guide, --num-codes codes", "elbo"),
+}
+
+
+def build_model(args, x_shape, num_classes: int = 10):
+    from . import models
     from .presets import PRESETS, preset
 
     options = dict(rank=args.rank, flow_steps=args.flow_steps)
     if args.preset:
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+        if args.model != "vae":
+            raise ValueError(f"--preset builds a VAE; it cannot be combined with --model {args.model}")
         extra = {"inference": args.inference} if "latent_dims" in PRESETS[args.preset][1] else {}
         return preset(args.preset, guide=args.guide, beta=args.beta, **options, **extra)
 
-    shape = tuple(x_shape) if args.net == "conv" else (math.prod(x_shape),)
-    if args.net == "conv" and len(shape) == 2:  # (H, W) grey images: one channel
-        shape = (1,) + shape
-    return VAE(x_shape=shape, latent_dim=args.latent_dim, hidden=tuple(args.hidden), activation=args.activation,
-               likelihood=args.likelihood, guide=args.guide, beta=args.beta, net=args.net,
-               likelihood_scale=args.likelihood_scale, **options)
+    flat = (math.prod(x_shape),)
+    nets = dict(hidden=tuple(args.hidden), activation=args.activation, likelihood=args.likelihood)
+    if args.prior is not None and args.model not in ("cvae", "ae"):
+        raise ValueError(f"--prior applies to --model cvae (standard, learned) and ae (flat, normal), not {args.model}")
+    if args.model == "vae":
+        shape = tuple(x_shape) if args.net == "conv" else flat
+        if args.net == "conv" and len(shape) == 2:  # (H, W) grey images: one channel
+            shape = (1,) + shape
+        return models.VAE(x_shape=shape, latent_dim=args.latent_dim, guide=args.guide, beta=args.beta, net=args.net,
+                          likelihood_scale=args.likelihood_scale, **nets, **options)
+    if args.model == "cvae":
+        return models.ConditionalVAE(x_shape=flat, num_classes=num_classes, latent_dim=args.latent_dim,
+                                     guide=args.guide, prior=args.prior or "standard", beta=args.beta, **nets,
+                                     **options)
+    if args.model == "m2":
+        return models.SemiSupervisedVAE(x_shape=flat, num_classes=num_classes, latent_dim=args.latent_dim, **nets)
+    if args.model == "structured":
+        return models.StructuredCVAE(x_shape=tuple(x_shape), visible=args.visible, latent_dim=args.latent_dim, **nets)
+    if args.model == "gumbel":
+        return models.GumbelSoftmaxVAE(x_shape=flat, num_vars=args.num_vars, num_classes=args.num_classes,
+                                       hard=args.hard, **nets)
+    if args.model == "ae":
+        return models.AE(x_shape=flat, latent_dim=args.latent_dim, prior=args.prior or "flat", noise=args.noise,
+                         likelihood_scale=args.likelihood_scale, **nets)
+    return models.VQVAE(x_shape=flat, num_codes=args.num_codes, code_dim=args.latent_dim,
+                        likelihood_scale=args.likelihood_scale, **nets)
+
+
+def training_data(args, train):
+    """The training data the chosen variant learns from (M2: all but ``--labels`` labels hidden)."""
+    if args.model != "m2":
+        return train
+    if train.y is None:
+        raise ValueError("--model m2 needs a labelled dataset")
+    from .data import semi_supervised
+
+    return semi_supervised(train, args.labels, seed=args.seed)
+
+
+def default_objective(args):
+    return args.objective if args.objective is not None else MODEL_CHOICES[args.model][1]
+
+
+def _num_classes(data) -> int:
+    return int(data.y.max()) + 1 if data.y is not None else 10
 
 
 def cmd_train(args):
@@ -104,13 +201,13 @@ def cmd_train(args):
     from .train import fit
 
     train, test = load_split(args, "train"), load_split(args, "test")
-    model = build_model(args, train.x.shape[1:])
+    model = build_model(args, train.x.shape[1:], _num_classes(train))
     if args.resume:
         from .checkpoint import load
 
         model = load(args.resume)
     run_dir = Path(args.run_dir)
-    h = fit(model, train, objective=args.objective, k=args.k, alpha=args.alpha, epochs=args.epochs,
+    h = fit(model, training_data(args, train), objective=default_objective(args), k=args.k, alpha=args.alpha, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, test=test,
             warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume, progress=not args.quiet,
             precision=args.precision, compile=args.compile, clip_grad=args.clip_grad)
@@ -152,6 +249,12 @@ def cmd_sample(args):
     from .checkpoint import load
 
     model = load(args.run, map_location=args.device)
+    if not hasattr(model, "sample"):
+        why = {"StructuredCVAE": "it predicts hidden quadrants from visible ones (StructuredCVAE.complete)",
+               "VQVAE": "its prior over codes is not learned (fit one, e.g. a PixelCNN, over encode(x))",
+               "AE": "a point-mass autoencoder has no generative prior"}.get(type(model).__name__, "")
+        raise ValueError(f"{type(model).__name__} has no sample(): {why}" if why else
+                         f"{type(model).__name__} has no sample() method")
     out = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent) / "samples.png"
     plots.samples(model, n=args.n, path=out, seed=args.seed)
     if args.save_tensor:
@@ -165,9 +268,9 @@ def cmd_compare(args):
 
     train, test = load_split(args, "train"), load_split(args, "test")
     def model():  # called after compare() seeds: every objective starts from the same weights
-        return build_model(args, train.x.shape[1:])
+        return build_model(args, train.x.shape[1:], _num_classes(train))
 
-    out = compare(model, train, test, args.objectives, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    out = compare(model, training_data(args, train), test, args.objectives, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   seed=args.seed, device=args.device, eval_k=args.eval_k, run_dir=args.run_dir,
                   progress=not args.quiet)
     print(out["table"])
@@ -179,6 +282,7 @@ def cmd_demo(args):
     for key, value in dict(dataset=EMBEDDED, data_dir=None, binarize="dynamic", n_train=None, n_test=None,
                            latent_dim=50, hidden=[200, 200], activation="tanh", likelihood="bernoulli",
                            guide="diagonal", beta=1.0, net="mlp", likelihood_scale=None, objective="elbo",
+                           model="vae", prior=None,
                            preset=None, inference="bottom-up", rank=None, flow_steps=None,
                            k=1, alpha=0.5, batch_size=100, lr=1e-3, warmup_epochs=0, resume=None, precision="fp32",
                            compile=False, clip_grad=None).items():
@@ -214,6 +318,8 @@ def _add_common(p):
 
 
 def _add_model_args(p):
+    p.add_argument("--model", choices=list(MODEL_CHOICES), default="vae",
+                   help="the variant: " + "; ".join(f"{k}: {v[0]}" for k, v in MODEL_CHOICES.items()))
     p.add_argument("--preset", default=None, help="the IWAE paper's nets: iwae-1layer or iwae-2layer (a "
                    "two-layer HierarchicalVAE); replaces the size arguments")
     p.add_argument("--inference", choices=("bottom-up", "ladder"), default="bottom-up",
@@ -228,6 +334,14 @@ def _add_model_args(p):
     p.add_argument("--flow-steps", type=int, default=None, help="IAF steps of the iaf guide (default 2)")
     p.add_argument("--net", choices=("mlp", "conv"), default="mlp")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE)")
+    p.add_argument("--prior", default=None, help="cvae: standard or learned (p(z|y)); ae: flat or normal")
+    p.add_argument("--labels", type=int, default=100, help="m2: how many training labels are kept")
+    p.add_argument("--visible", type=int, choices=(1, 2, 3), default=1, help="structured: visible quadrants")
+    p.add_argument("--num-vars", type=int, default=20, help="gumbel: number of categorical latents")
+    p.add_argument("--num-classes", type=int, default=10, help="gumbel: classes of each categorical latent")
+    p.add_argument("--hard", action="store_true", help="gumbel: straight-through (one-hot forward pass)")
+    p.add_argument("--noise", type=float, default=0.0, help="ae: masking probability of the denoising AE")
+    p.add_argument("--num-codes", type=int, default=64, help="vqvae: codebook size (--latent-dim: code size)")
 
 
 def _add_budget_args(p):
@@ -245,9 +359,9 @@ def parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--n-train", type=int, default=None, help="use only the first N training datapoints")
     _add_model_args(t)
-    t.add_argument("--objective", default="elbo", metavar="SPEC",
+    t.add_argument("--objective", default=None, metavar="SPEC",
                    help=f"objective name or spec such as iwae:k=50, renyi:k=5,alpha=0.5, miwae:k=64,M=8 "
-                   f"(names: {', '.join(OBJECTIVES)})")
+                   f"(names: {', '.join(OBJECTIVES)}; default: elbo, enum-elbo for m2, mf-elbo for gumbel)")
     t.add_argument("--k", type=int, default=1, help="particles (importance samples) per datapoint in training")
     t.add_argument("--alpha", type=float, default=0.5, help="alpha of the renyi objective")
     _add_budget_args(t)

@@ -203,3 +203,28 @@ def latent_map(model, n: int = 15, span: float = 3.0, path=None):
     z = torch.stack(torch.meshgrid(g.flip(0), g, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
     images = model.decode(z)
     return image_grid([images[i * n:(i + 1) * n] for i in range(n)], path)
+
+
+def completions(model, x, n: int = 10, num_samples: int = 3, path=None):
+    """Structured output (:class:`pvae.StructuredCVAE`): the truth, the visible input, and
+    ``num_samples`` completions, each from its own z ~ p(z | visible)."""
+    x = x[:n].to(model.device)
+    flat = x.reshape(x.shape[0], -1)
+    done = model.complete(x, num_samples=num_samples).reshape(num_samples, x.shape[0], -1)
+    rows = [flat, flat * model.visible_mask] + list(done)
+    return image_grid(rows, path, titles=["truth", "input"] + [f"sample {i + 1}" for i in range(num_samples)])
+
+
+def class_samples(model, per_class: int = 8, path=None, seed: int = 0):
+    """One row per class: ``model.sample(n, y=c)`` for a label-conditioned model."""
+    torch.manual_seed(seed)
+    rows = [model.sample(per_class, y=c) for c in range(model.num_classes)]
+    return image_grid(rows, path, titles=[f"y = {c}" for c in range(model.num_classes)])
+
+
+def denoising(x_clean, x_noisy, denoised: dict, n: int = 10, path=None):
+    """Rows: clean, corrupted, and each model's reconstruction of the corrupted input."""
+    rows = [x_clean[:n], x_noisy[:n]] + [v[:n] for v in denoised.values()]
+    return image_grid([r.reshape(r.shape[0], -1) for r in rows], path,
+                      titles=["clean", "corrupted"] + list(denoised))
+

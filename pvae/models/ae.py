@@ -32,6 +32,8 @@ from .base import PyroVAE
 class AE(PyroVAE):
     """x -> z = f(x) -> p(x|z); ``hidden=()`` gives single linear layers each way."""
 
+    point_mass = True  # a Delta guide: no density to importance-sample log p(x) with
+
     def __init__(self, x_shape=(784,), latent_dim=32, hidden=(256,), activation="relu", likelihood="bernoulli",
                  prior="flat", noise=0.0, likelihood_scale=None):
         x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)

@@ -37,6 +37,8 @@ from .base import PyroVAE
 class VQVAE(PyroVAE):
     """An MLP VQ-VAE: one code of ``code_dim`` per datapoint from a codebook of ``num_codes``."""
 
+    point_mass = True  # a Delta guide: no density to importance-sample log p(x) with
+
     def __init__(self, x_shape=(784,), num_codes=64, code_dim=16, hidden=(256,), activation="relu",
                  likelihood="bernoulli", commitment=5.0, vq_weight=1.0, likelihood_scale=None):
         x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
