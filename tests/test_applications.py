@@ -56,3 +56,16 @@ def test_traversal_and_latent_map_figures(tmp_path):
     assert (tmp_path / "map.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="needs latent_dim=2"):
         pvae.plots.latent_map(pvae.VAE(latent_dim=3, hidden=(8,)))
+
+
+def test_corrupt_kinds_are_seeded_and_do_what_they_say():
+    x = torch.bernoulli(torch.full((200, 50), 0.5))
+    masked = pvae.corrupt(x, 0.3, "mask", seed=1)
+    assert torch.equal(masked, pvae.corrupt(x, 0.3, "mask", seed=1))
+    assert bool((masked <= x).all()) and abs(float((masked != x).float().mean()) - 0.15) < 0.02  # half are 0 already
+    flipped = pvae.corrupt(x, 0.1, "flip")
+    assert abs(float((flipped != x).float().mean()) - 0.1) < 0.02
+    noisy = pvae.corrupt(x * 0.5, 0.2, "gaussian")
+    assert float(noisy.min()) >= 0 and float(noisy.max()) <= 1
+    with pytest.raises(ValueError, match="unknown corruption"):
+        pvae.corrupt(x, 0.1, "blur")

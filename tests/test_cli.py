@@ -97,3 +97,45 @@ def pvae_load(path):
     import pvae
 
     return pvae.load(path)
+
+
+VARIANTS = {  # --model: (extra arguments, files its run must have, results it must report)
+    "cvae": (["--prior", "learned"], {"reconstructions.png", "samples.png"}, {"log_px"}),
+    "m2": (["--labels", "30"], {"reconstructions.png", "samples.png"}, {"log_px", "accuracy"}),
+    "structured": (["--visible", "2"], {"completions.png"}, {"log_px"}),
+    "gumbel": (["--num-vars", "4", "--num-classes", "3"], {"reconstructions.png", "samples.png"},
+               {"log_px", "temperature"}),
+    "ae": (["--noise", "0.3"], {"reconstructions.png", "latent_space.png"}, {"recon"}),
+    "vqvae": (["--num-codes", "8"], {"reconstructions.png"}, {"recon"}),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_train_every_variant(variant, tmp_path, capsys):
+    extra, figures, keys = VARIANTS[variant]
+    run = tmp_path / variant
+    assert main(["train", "--model", variant, *TINY, *extra, "--run-dir", str(run)]) == 0
+    files = {p.name for p in run.iterdir()}
+    assert figures <= files, figures - files
+    res = json.loads((run / "results.json").read_text())
+    assert keys <= set(res)
+    if variant in ("ae", "vqvae"):  # point-mass guides: no log p(x) to report
+        assert "log_px" not in res and res["k"] == 1
+    if variant == "m2":
+        assert 0 <= res["accuracy"] <= 1
+        assert json.loads((run / "config.json").read_text())["fit"]["objective"] == "enum-elbo"
+    assert main(["eval", str(run), "--k", "5", "--quiet"]) == 0
+
+
+def test_variant_options_are_checked(capsys):
+    assert main(["train", "--model", "gumbel", "--prior", "learned", *TINY]) == 2
+    assert "--prior applies to --model cvae" in capsys.readouterr().err
+    assert main(["train", "--model", "m2", "--preset", "iwae-1layer", *TINY]) == 2
+    assert "--preset builds a VAE" in capsys.readouterr().err
+
+
+def test_sample_refuses_models_without_a_prior(tmp_path, capsys):
+    run = tmp_path / "vq"
+    assert main(["train", "--model", "vqvae", *TINY, "--run-dir", str(run)]) == 0
+    assert main(["sample", str(run)]) == 2
+    assert "VQVAE has no sample()" in capsys.readouterr().err
