@@ -85,6 +85,10 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
     x = test.eval_x().reshape((len(test),) + tuple(model.x_shape))
     if semi:
         s["accuracy"] = model.accuracy(x, test.y)
+    if hasattr(model, "reconstruct") and not (getattr(model, "needs_labels", False) and not semi):
+        with torch.no_grad():  # in batches: mean squared error of reconstruct(x) against x
+            s["recon_mse"] = sum(float(((model.reconstruct(xb.to(model.device)).cpu() - xb) ** 2).sum())
+                                 for xb in x.split(1000)) / x.numel()
     if hasattr(model, "temperature"):
         s["temperature"] = model.temperature
     _figures(model, test, x, run_dir)
@@ -100,7 +104,7 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
 
 
 ROWS = [("accuracy", "test accuracy of q(y|x)"), ("log_px", "test log p(x) (nats, importance-sampled)"), ("elbo", "test ELBO"),
-        ("recon", "  reconstruction E_q[log p(x|z)]"), ("kl", "  KL(q(z|x) || p(z))"),
+        ("recon", "  reconstruction E_q[log p(x|z)]"), ("recon_mse", "reconstruction mean squared error"), ("kl", "  KL(q(z|x) || p(z))"),
         ("active_units", "active units (Cov_x E_q[u] > 0.01)"), ("ess", "importance-sampling ESS"),
         ("khat_median", "PSIS k-hat, median"), ("khat_max", "PSIS k-hat, max"),
         ("khat_gt_0_7", "share of k-hat > 0.7"), ("temperature", "Gumbel-softmax temperature at the end"),
