@@ -61,3 +61,19 @@ def check_labels(y, n: int, pair, what: str = "training data") -> torch.Tensor |
     else:
         raise ValueError(f"labels must be integers (n,) or one-hot (n, classes), got shape {tuple(y.shape)}")
     return y
+
+
+def check_size(name: str, value, minimum: int = 1) -> int:
+    """A model size (latent_dim, num_classes, ...): an integer >= ``minimum``."""
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return int(value)
+
+
+def check_hidden(hidden) -> tuple:
+    """Hidden layer widths: a non-empty tuple of positive integers."""
+    hidden = tuple(int(h) for h in hidden)
+    if not hidden or min(hidden) < 1:
+        raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
+    return hidden

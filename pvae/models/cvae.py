@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from ..guides import DiagonalNormal, make_guide, standard_normal
 from ..likelihoods import make_likelihood
 from ..nets import MLP
+from ..validate import check_hidden, check_size
 from .base import PyroVAE
 
 
@@ -35,12 +36,8 @@ class ConditionalVAE(PyroVAE):
                  likelihood="bernoulli", guide="diagonal", prior="standard", beta=1.0, likelihood_scale=None,
                  rank=None, flow_steps=None):
         x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
-        if int(num_classes) != num_classes or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
-        if int(latent_dim) != latent_dim or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
+        num_classes, latent_dim = check_size("num_classes", num_classes, 2), check_size("latent_dim", latent_dim)
+        hidden = check_hidden(hidden)
         if prior not in ("standard", "learned"):
             raise ValueError(f"unknown prior {prior!r}; choose 'standard' or 'learned'")
         if not beta > 0:

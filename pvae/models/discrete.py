@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from ..likelihoods import make_likelihood
 from ..nets import MLP
+from ..validate import check_hidden, check_size
 from .base import PyroVAE
 
 
@@ -100,16 +101,13 @@ class GumbelSoftmaxVAE(PyroVAE):
     def __init__(self, x_shape=(784,), num_vars=20, num_classes=10, hidden=(512, 256), activation="relu",
                  likelihood="bernoulli", temperature=1.0, min_temperature=0.5, anneal_rate=1e-4, hard=False):
         x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
-        for name, v in (("num_vars", num_vars), ("num_classes", num_classes)):
-            if int(v) != v or v < 1 or (name == "num_classes" and v < 2):
-                raise ValueError(f"{name} must be an integer >= {2 if name == 'num_classes' else 1}, got {v}")
+        num_vars, num_classes = check_size("num_vars", num_vars), check_size("num_classes", num_classes, 2)
+        hidden = check_hidden(hidden)
         if not 0 < min_temperature <= temperature:
             raise ValueError(f"temperatures need 0 < min_temperature <= temperature, got {min_temperature} "
                              f"and {temperature}")
         if not anneal_rate >= 0:
             raise ValueError(f"anneal_rate must be >= 0, got {anneal_rate}")
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
         super().__init__(x_shape=list(x_shape), num_vars=int(num_vars), num_classes=int(num_classes),
                          hidden=list(hidden), activation=activation, likelihood=likelihood,
                          temperature=float(temperature), min_temperature=float(min_temperature),

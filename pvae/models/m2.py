@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from ..guides import DiagonalNormal, standard_normal
 from ..likelihoods import make_likelihood
 from ..nets import MLP
+from ..validate import check_hidden, check_size
 from .base import PyroVAE
 
 #: a log-probability that is 0 after exp() and finite after multiplication by 0 (point masses)
@@ -60,12 +61,8 @@ class SemiSupervisedVAE(PyroVAE):
     def __init__(self, x_shape=(784,), num_classes=10, latent_dim=50, hidden=(500,), activation="softplus",
                  likelihood="bernoulli", classifier_weight=50.0):
         x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
-        if int(num_classes) != num_classes or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
-        if int(latent_dim) != latent_dim or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
+        num_classes, latent_dim = check_size("num_classes", num_classes, 2), check_size("latent_dim", latent_dim)
+        hidden = check_hidden(hidden)
         if not classifier_weight >= 0:
             raise ValueError(f"classifier_weight must be >= 0, got {classifier_weight}")
         super().__init__(x_shape=list(x_shape), num_classes=int(num_classes), latent_dim=int(latent_dim),

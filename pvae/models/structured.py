@@ -32,6 +32,7 @@ from pyro import poutine
 from ..guides import DiagonalNormal
 from ..likelihoods import make_likelihood
 from ..nets import MLP
+from ..validate import check_hidden, check_size
 from .base import PyroVAE
 
 #: visible quadrants (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) by how many are given
@@ -69,10 +70,7 @@ class StructuredCVAE(PyroVAE):
                 raise ValueError(f"visible must be 1, 2 or 3 quadrants (or a list of quadrant indices), got {visible}")
             visible = QUADRANTS[visible]
         visible = sorted(set(int(q) for q in visible))
-        if int(latent_dim) != latent_dim or latent_dim < 0:
-            raise ValueError(f"latent_dim must be an integer >= 0, got {latent_dim}")
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
+        latent_dim, hidden = check_size("latent_dim", latent_dim, 0), check_hidden(hidden)
         numel = math.prod(x_shape)
         hw = x_shape[-2:] if len(x_shape) >= 2 else (math.isqrt(numel),) * 2
         if math.prod(hw) != math.prod(x_shape[-2:] if len(x_shape) >= 2 else x_shape):

@@ -26,6 +26,7 @@ from pyro import poutine
 from ..guides import make_guide, standard_normal
 from ..likelihoods import make_likelihood
 from ..nets import MLP, ConvDecoder, ConvEncoder
+from ..validate import check_hidden, check_size
 from .base import PyroVAE
 
 
@@ -53,10 +54,7 @@ class VAE(PyroVAE):
         x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
         if not x_shape or min(x_shape) < 1:
             raise ValueError(f"x_shape must be a non-empty tuple of positive sizes, got {x_shape}")
-        if int(latent_dim) != latent_dim or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
+        latent_dim, hidden = check_size("latent_dim", latent_dim), check_hidden(hidden)
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         super().__init__(x_shape=list(x_shape), latent_dim=int(latent_dim), hidden=list(hidden),
