@@ -29,10 +29,10 @@ ap.add_argument("--run-dir", default=None)
 ap.add_argument("--smoke", action="store_true")
 args = ap.parse_args()
 if args.smoke:
-    args.epochs, args.hidden, args.labels = 1, [64], [100]
+    args.epochs, args.hidden, args.labels = 1, [32], [100]
 
-train = pvae.load_dataset(args.dataset, "train", binarize="dynamic", n=2000 if args.smoke else None)
-test = pvae.load_dataset(args.dataset, "test", binarize="dynamic", n=500 if args.smoke else None)
+train = pvae.load_dataset(args.dataset, "train", binarize="dynamic", n=1000 if args.smoke else None)
+test = pvae.load_dataset(args.dataset, "test", binarize="dynamic", n=200 if args.smoke else None)
 x_test = test.eval_x()
 
 
