@@ -1,4 +1,4 @@
-"""The ``pvae`` command: ``pvae train | eval | sample | demo``, each with ``--help``.
+"""The ``pvae`` command: ``pvae train | eval | sample | apply | compare | demo``, each with ``--help``.
 
 Everything a run makes goes into one run folder: ``config.json``, ``history.json``/``.csv``,
 ``checkpoint.pt``, figures (PNG), ``results.json`` and a short ``summary.md``.
@@ -25,7 +25,14 @@ from .objectives import OBJECTIVES
 # -- the work, shared by the commands -----------------------------------------------------------
 def load_split(args, split):
     n = args.n_train if split == "train" else args.n_test
-    return load_dataset(args.dataset, split, data_dir=args.data_dir, binarize=args.binarize, n=n)
+    data = load_dataset(args.dataset, split, data_dir=args.data_dir, binarize=args.binarize, n=n)
+    held_out = getattr(args, "exclude_class", None)
+    if split == "train" and held_out is not None:  # anomaly detection: a class never seen in training
+        if data.y is None or not bool((data.y == held_out).any()):
+            raise ValueError(f"--exclude-class {held_out}: the training data have no such class")
+        keep = data.y != held_out
+        data = type(data)(data.x[keep], data.y[keep], name=data.name, binarize=data.binarize)
+    return data
 
 
 def _figures(model, test, x, run_dir: Path, labels=None) -> None:
@@ -298,6 +305,64 @@ def cmd_demo(args):
     print(f"demo wall time: {time.perf_counter() - t0:.1f} s")
 
 
+def cmd_apply(args):
+    """Anomaly detection, denoising or inpainting with a trained run, on its test data."""
+    import torch
+
+    from . import plots
+    from .applications import anomaly_scores, auroc, corrupt, inpaint
+    from .checkpoint import load, write_text
+
+    run_dir = Path(args.run)
+    run_dir = run_dir if run_dir.is_dir() else run_dir.parent
+    model = load(args.run, map_location=args.device)
+    test = _run_data(run_dir, args)
+    x = test.eval_x().reshape(len(test), -1).to(model.device)
+    out = Path(args.out) if args.out else run_dir / f"{args.task}.png"
+    torch.manual_seed(args.seed)
+    if args.task == "anomaly":
+        if args.anomaly_class is None or test.y is None:
+            raise ValueError("--task anomaly needs --anomaly-class C and a labelled test set")
+        if getattr(model, "point_mass", False) or getattr(model, "needs_labels", False):
+            raise ValueError(f"anomaly scores are -log p(x): {type(model).__name__} has no unconditional "
+                             "log p(x) to estimate")
+        scores = anomaly_scores(model, x, k=args.k, progress=not args.quiet)
+        is_anomaly = test.y == args.anomaly_class
+        result = {"task": "anomaly", "anomaly_class": args.anomaly_class, "k": args.k, "n": len(test),
+                  "auroc": auroc(scores, is_anomaly), "mean_score_anomaly": float(scores[is_anomaly].mean()),
+                  "mean_score_normal": float(scores[~is_anomaly].mean())}
+        plots.score_histogram(scores, is_anomaly, path=out)
+        print(f"AUROC {result['auroc']:.3f}: class {args.anomaly_class} scores -log p(x) "
+              f"{result['mean_score_anomaly']:.1f} on average, the rest {result['mean_score_normal']:.1f}")
+    else:
+        if not hasattr(model, "reconstruct") or getattr(model, "needs_labels", False):
+            raise ValueError(f"--task {args.task} needs a model with reconstruct(x); {type(model).__name__} has none")
+        if args.task == "denoise":
+            noisy = corrupt(x, args.noise, kind=args.corruption, seed=args.seed)
+            done, ref = model.reconstruct(noisy).reshape(x.shape), noisy
+            mask = torch.ones_like(x, dtype=torch.bool)
+            plots.denoising(x, noisy, {type(model).__name__: done}, path=out)
+        else:
+            if not hasattr(model, "posterior"):
+                raise ValueError(f"inpainting needs a model with one latent site and posterior(x) (VAE); "
+                                 f"{type(model).__name__} has none")
+            side = math.isqrt(x.shape[1])
+            observed = torch.ones(len(test), side, side, dtype=torch.bool, device=x.device)
+            observed[:, side // 2:] = False  # the bottom half is missing
+            observed = observed.reshape(len(test), -1)
+            done = inpaint(model, x, observed, k=args.k)
+            ref = x.mean(0, keepdim=True).expand_as(x) * ~observed + x * observed  # mean of the test images
+            mask = ~observed
+            plots.image_grid([x[:10], (x * observed)[:10], done[:10]], out, titles=["original", "observed", "inpainted"])
+        err = float(((done - x)[mask] ** 2).mean())
+        ref_err = float(((ref - x)[mask] ** 2).mean())
+        what = "corrupted input" if args.task == "denoise" else "mean test image"
+        result = {"task": args.task, "n": len(test), "mse": err, "mse_reference": ref_err, "reference": what}
+        print(f"{args.task}: squared error {err:.4f} against the clean images ({what}: {ref_err:.4f})")
+    write_text(run_dir / f"{args.task}.json", json.dumps(result, indent=1))
+    print(f"wrote {out} and {run_dir / (args.task + '.json')}")
+
+
 class _Formatter(argparse.HelpFormatter):
     """Fixed width, so the generated reference does not depend on the terminal."""
 
@@ -356,12 +421,14 @@ def _add_budget_args(p):
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pvae", formatter_class=_Formatter, description="Variational autoencoders as Pyro model/guide pairs.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,compare,demo}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,apply,compare,demo}")
 
     t = sub.add_parser("train", formatter_class=_Formatter, help="train a VAE and evaluate it", description="Train a VAE by SVI, then "
                        "evaluate log p(x) with k importance samples; everything goes into --run-dir.")
     _add_data_args(t)
     t.add_argument("--n-train", type=int, default=None, help="use only the first N training datapoints")
+    t.add_argument("--exclude-class", type=int, default=None,
+                   help="leave this class out of training (then: pvae apply RUN --task anomaly)")
     _add_model_args(t)
     t.add_argument("--objective", default=None, metavar="SPEC",
                    help=f"objective name or spec such as iwae:k=50, renyi:k=5,alpha=0.5, miwae:k=64,M=8 "
@@ -395,6 +462,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--save-tensor", action="store_true", help="also save the samples as a .pt tensor")
     _add_common(s)
     s.set_defaults(func=cmd_sample)
+
+    a = sub.add_parser("apply", formatter_class=_Formatter, help="anomaly detection, denoising or inpainting",
+                       description="Use a trained run on its test data: --task anomaly scores -log p(x) and "
+                       "reports the AUROC of --anomaly-class (train with --exclude-class); denoise reconstructs "
+                       "corrupted images; inpaint fills in the bottom half from the top. Writes TASK.json and "
+                       "TASK.png into the run folder.")
+    a.add_argument("run", help="run folder or checkpoint")
+    a.add_argument("--task", choices=("anomaly", "denoise", "inpaint"), required=True)
+    a.add_argument("--anomaly-class", type=int, default=None, help="anomaly: the class that counts as anomalous")
+    a.add_argument("--k", type=int, default=1000, help="importance samples (anomaly, inpaint)")
+    a.add_argument("--noise", type=float, default=0.5, help="denoise: corruption strength")
+    a.add_argument("--corruption", choices=("mask", "flip", "gaussian"), default="mask")
+    a.add_argument("--out", default=None, help="PNG path (default: RUN/TASK.png)")
+    _add_data_args(a, defaults=False)
+    _add_common(a)
+    a.set_defaults(func=cmd_apply)
 
     c = sub.add_parser("compare", formatter_class=_Formatter, help="compare inference objectives",
                        description="Train one model configuration under each objective with identical seeds, "

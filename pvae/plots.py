@@ -228,3 +228,16 @@ def denoising(x_clean, x_noisy, denoised: dict, n: int = 10, path=None):
     return image_grid([r.reshape(r.shape[0], -1) for r in rows], path,
                       titles=["clean", "corrupted"] + list(denoised))
 
+
+
+def score_histogram(scores, is_anomaly, path=None):
+    """Anomaly scores (-log p(x)) of the normal and the anomalous datapoints, overlaid."""
+    scores, is_anomaly = torch.as_tensor(scores).float().cpu(), torch.as_tensor(is_anomaly).bool().cpu()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = torch.linspace(float(scores.min()), float(scores.max()), 50).numpy()
+    ax.hist(scores[~is_anomaly].numpy(), bins=bins, alpha=0.6, density=True, label="normal")
+    ax.hist(scores[is_anomaly].numpy(), bins=bins, alpha=0.6, density=True, label="anomaly")
+    ax.set_xlabel("-log p(x) (nats)")
+    ax.set_ylabel("density")
+    ax.legend()
+    return _save(fig, path)

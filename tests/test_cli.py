@@ -12,7 +12,7 @@ TINY = ["--n-train", "300", "--n-test", "40", "--epochs", "2", "--hidden", "32",
         "--eval-k", "20", "--quiet", "--binarize", "static"]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "sample", "compare", "demo"])
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "apply", "compare", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -139,3 +139,20 @@ def test_sample_refuses_models_without_a_prior(tmp_path, capsys):
     assert main(["train", "--model", "vqvae", *TINY, "--run-dir", str(run)]) == 0
     assert main(["sample", str(run)]) == 2
     assert "VQVAE has no sample()" in capsys.readouterr().err
+
+
+def test_apply_anomaly_denoise_inpaint(tmp_path, capsys):
+    run = tmp_path / "no-bags"
+    assert main(["train", *TINY, "--exclude-class", "8", "--run-dir", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["fit"]["n_train"] == 300 - 27  # the 27 bags left out
+    assert main(["apply", str(run), "--task", "anomaly", "--anomaly-class", "8", "--k", "20", "--quiet"]) == 0
+    res = json.loads((run / "anomaly.json").read_text())
+    assert 0 <= res["auroc"] <= 1 and res["n"] == 40 and (run / "anomaly.png").exists()
+    for task in ("denoise", "inpaint"):
+        assert main(["apply", str(run), "--task", task, "--k", "20"]) == 0
+        res = json.loads((run / f"{task}.json").read_text())
+        assert res["mse"] > 0 and res["mse_reference"] > 0 and (run / f"{task}.png").exists()
+    assert main(["apply", str(run), "--task", "anomaly"]) == 2
+    assert "--anomaly-class" in capsys.readouterr().err
+    assert main(["train", *TINY, "--exclude-class", "11", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "no such class" in capsys.readouterr().err
