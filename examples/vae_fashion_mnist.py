@@ -45,4 +45,9 @@ plots.samples(m, path=out / "samples.png")
 plots.latent_space(m, x, test.y, path=out / "latent_space.png")
 plots.training_curves(h, path=out / "training_curves.png")
 plots.khat_histogram(res["khat"], path=out / "khat.png")
+plots.interpolation(m, x[0], x[1], path=out / "interpolation.png")
+# traversal of the 8 latent dimensions whose posterior means vary most across the test set
+# (the active ones); the others decode to the same image whatever their value
+dims = m.encode(x).var(0).argsort(descending=True)[:8].tolist()
+plots.traversal(m, x[0], dims=dims, path=out / "traversal.png")
 print(f"figures in {out}")
