@@ -13,9 +13,11 @@ AUROC below 0.5. ``docs/applications.md`` reports the AUROC of every held-out cl
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .evaluate import log_likelihood
+from .evaluate import PARTICLES_PER_PASS, log_likelihood
 from .pair import device_of
 
 
@@ -46,17 +48,31 @@ def auroc(scores, is_anomaly) -> float:
 
 
 @torch.no_grad()
-def inpaint(model, x, observed, k: int = 500, fill=None) -> torch.Tensor:
+def inpaint(model, x, observed, k: int = 500, fill=None, proposal: str = "mixture") -> torch.Tensor:
     r"""Impute the missing values of ``x`` from its observed ones (``observed``: a boolean mask of
     x's shape, True where a value is known), for a pvae model with one latent site (``VAE``).
 
     The posterior over z given the observed values alone,
-    p(z | x_obs) ∝ p(z) p(x_obs | z), is approximated by self-normalised importance sampling: k
-    draws z_i from the guide run on x with its missing values set to ``fill`` (default: the
-    observed values' mean per datapoint), weighted by w_i = p(z_i) p(x_obs | z_i) / q(z_i | .), in
-    which only observed values enter the likelihood. Missing values become
-    sum_i w~_i E[x_miss | z_i]; observed values are kept as they are.
+    p(z | x_obs) ∝ p(z) p(x_obs | z), is approximated by self-normalised importance sampling with
+    k draws z_i from a proposal r, weighted by w_i = p(z_i) p(x_obs | z_i) / r(z_i), in which
+    only observed values enter the likelihood. Missing values become sum_i w~_i E[x_miss | z_i];
+    observed values are kept as they are.
+
+    ``proposal``: ``"guide"`` is q(z | x with its missing values set to ``fill``, default the
+    observed values' mean per datapoint); ``"prior"`` is p(z); ``"mixture"`` (default) draws half
+    of the particles from each and weighs by the mixture density r = (q + p) / 2 (defensive
+    importance sampling). The guide never saw half-filled inputs, so on its own it can propose
+    far from p(z | x_obs): on binarized Fashion-MNIST (VAE 784-200-200-50, bottom half missing,
+    k = 1000) it gave a squared error of 0.183 on the missing pixels, the prior 0.143, the mixture
+    0.143 and the mean image 0.180 (``docs/applications.md``).
     """
+    if proposal not in ("guide", "prior", "mixture"):
+        raise ValueError(f"unknown proposal {proposal!r}; choose 'guide', 'prior' or 'mixture'")
+    chunk = max(1, PARTICLES_PER_PASS // k)  # k particles x chunk datapoints per pass bound the memory
+    if x.shape[0] > chunk:
+        return torch.cat([inpaint(model, x[s:s + chunk], torch.as_tensor(observed)[s:s + chunk], k, fill if fill is None
+                                  or not torch.is_tensor(fill) or fill.dim() == 0 else fill[s:s + chunk], proposal)
+                          for s in range(0, x.shape[0], chunk)])
     device = device_of(model)
     shape = (x.shape[0],) + tuple(model.x_shape)
     x, observed = x.reshape(shape).to(device), torch.as_tensor(observed).reshape(shape).to(device)
@@ -64,16 +80,18 @@ def inpaint(model, x, observed, k: int = 500, fill=None) -> torch.Tensor:
     if fill is None:
         dims = tuple(range(1, x.dim()))
         fill = ((x * obs).sum(dims, keepdim=True) / obs.sum(dims, keepdim=True).clamp(min=1))
-    q = model.posterior(x * obs + fill * (1 - obs))
-    z = q.sample((k,))  # (k, n, D)
+    q, p = model.posterior(x * obs + fill * (1 - obs)), model.prior(x.shape[0])
+    n_q = {"guide": k, "prior": 0, "mixture": k // 2}[proposal]
+    z = torch.cat([q.sample((n_q,)), p.sample((k - n_q,))])  # (k, n, D)
+    log_r = {"guide": lambda: q.log_prob(z), "prior": lambda: p.log_prob(z),
+             "mixture": lambda: torch.logaddexp(q.log_prob(z), p.log_prob(z)) - math.log(2)}[proposal]()
     out = model.decoder_params(z)
     event_dims = tuple(range(2, 2 + len(model.x_shape)))
     log_px_obs = (model.likelihood.value_log_prob(out, x) * obs).sum(event_dims)
-    log_w = log_px_obs + model.prior(x.shape[0]).log_prob(z) - q.log_prob(z)
+    log_w = log_px_obs + p.log_prob(z) - log_r
     w = torch.softmax(log_w, dim=0).reshape((k, x.shape[0]) + (1,) * len(model.x_shape))
     imputed = (w * model.likelihood.mean(out)).sum(0)
     return torch.where(observed, x, imputed)
-
 
 def corrupt(x, noise: float = 0.3, kind: str = "mask", seed: int = 0) -> torch.Tensor:
     """A corrupted copy of ``x`` for denoising: ``"mask"`` zeroes each value with probability
