@@ -257,6 +257,8 @@ def as_tensors(data, labels=None) -> tuple[torch.Tensor, torch.Tensor | None, st
         x, y = d.x, d.y
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         x, y = _to_float(data) if isinstance(data, np.ndarray) else data, None
+    elif isinstance(data, (tuple, list)) and len(data) == 1 and not isinstance(data[0], (int, float)):
+        return as_tensors(data[0], labels)  # (x,): a TensorDataset-like tuple without labels
     elif isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (int, float)):
         x, y = as_tensors(data[0])[0], torch.as_tensor(data[1])
     elif isinstance(data, torch.utils.data.TensorDataset):

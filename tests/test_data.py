@@ -134,6 +134,8 @@ def test_npy_npz_files_and_tensors(tmp_path):
     assert xs.dtype == torch.float32 and float(xs.max()) <= 1.0 and ys.shape == (12,)
     xs, ys, _ = D.as_tensors(torch.utils.data.TensorDataset(torch.rand(5, 3), torch.arange(5)))
     assert xs.shape == (5, 3) and ys.tolist() == [0, 1, 2, 3, 4]
+    xs, ys, _ = D.as_tensors((torch.rand(4, 3),))  # a 1-tuple: data without labels
+    assert xs.shape == (4, 3) and ys is None
 
 
 @pytest.mark.parametrize("bad, error, message", [
