@@ -502,6 +502,19 @@ def check_mean_field(elbo: ELBO, pair, *args, **kwargs) -> None:
                              f"for {type(q).__name__} against {type(p).__name__}; use 'elbo' (Monte Carlo)") from None
 
 
+def check_reparameterized(elbo: ELBO, pair, *args, **kwargs) -> None:
+    """pvae's importance-weighted objectives differentiate through reparameterized draws only (no
+    score-function term): a discrete latent in the guide would silently get no gradient. Refuse."""
+    if not isinstance(elbo, ImportanceWeightedELBO):
+        return
+    _, guide_trace = _plain_traces(pair.model, pair.guide, *args, **kwargs)
+    for name, site in _latent_sites(guide_trace):
+        if not site["fn"].has_rsample:
+            raise ValueError(f"{type(elbo).__name__} needs reparameterized latents, and the guide's site {name!r} "
+                             f"({type(site['fn']).__name__}) is not: train with 'elbo' or 'enum-elbo' (pvae's "
+                             "evaluator still estimates its log p(x))")
+
+
 def set_plate_nesting(elbo: ELBO, nesting: int) -> None:
     """Tell an ELBO how many plate dims the model uses, where it would otherwise guess."""
     if isinstance(elbo, ImportanceWeightedELBO):

@@ -30,8 +30,8 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_text
 from .data import Data, as_tensors
 from .handlers import scale_latents
 from .nets import accelerate
-from .objectives import (check_mean_field, guess_max_plate_nesting, log_weight_terms, objective as make_objective,
-                         set_plate_nesting)
+from .objectives import (check_mean_field, check_reparameterized, guess_max_plate_nesting, log_weight_terms,
+                         objective as make_objective, set_plate_nesting)
 from .pair import as_pair, batch_args, match_shape
 from .distributed import Context, all_true, launched, setup, sum_all, wrap
 from .validate import check_data, check_labels, check_positive_int
@@ -307,6 +307,7 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         nesting = guess_max_plate_nesting(pair.model, pair.guide, *first)
         set_plate_nesting(elbo, nesting)
         check_mean_field(elbo, pair, *first)
+        check_reparameterized(elbo, pair, *first)
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)

@@ -205,3 +205,12 @@ def test_cvae_beats_the_baseline_on_quadrant_completion():
         pvae.fit(m, train, epochs=4, lr=2e-3, progress=False)
         ll[D] = float(pvae.log_likelihood(m, test, k=200 if D else 1, progress=False).mean())
     assert ll[16] > ll[0] + 3.0, ll
+
+
+def test_importance_weighted_objectives_refuse_a_discrete_guide_site():
+    x, y = binary_data(20, 12)
+    m = pvae.SemiSupervisedVAE(x_shape=(12,), num_classes=3, hidden=(8,))
+    with pytest.raises(ValueError, match="needs reparameterized latents, and the guide's site 'y'"):
+        pvae.fit(m, (x, torch.full((20,), -1)), "iwae:k=3", epochs=1, progress=False)
+    m.eval()  # evaluation needs no gradient: importance sampling over y is fine
+    assert torch.isfinite(pvae.log_likelihood(m, (x, torch.full((20,), -1)), k=10, progress=False)).all()
