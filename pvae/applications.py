@@ -68,11 +68,6 @@ def inpaint(model, x, observed, k: int = 500, fill=None, proposal: str = "mixtur
     """
     if proposal not in ("guide", "prior", "mixture"):
         raise ValueError(f"unknown proposal {proposal!r}; choose 'guide', 'prior' or 'mixture'")
-    chunk = max(1, PARTICLES_PER_PASS // k)  # k particles x chunk datapoints per pass bound the memory
-    if x.shape[0] > chunk:
-        return torch.cat([inpaint(model, x[s:s + chunk], torch.as_tensor(observed)[s:s + chunk], k, fill if fill is None
-                                  or not torch.is_tensor(fill) or fill.dim() == 0 else fill[s:s + chunk], proposal)
-                          for s in range(0, x.shape[0], chunk)])
     device = device_of(model)
     shape = (x.shape[0],) + tuple(model.x_shape)
     x, observed = x.reshape(shape).to(device), torch.as_tensor(observed).reshape(shape).to(device)
@@ -80,18 +75,27 @@ def inpaint(model, x, observed, k: int = 500, fill=None, proposal: str = "mixtur
     if fill is None:
         dims = tuple(range(1, x.dim()))
         fill = ((x * obs).sum(dims, keepdim=True) / obs.sum(dims, keepdim=True).clamp(min=1))
-    q, p = model.posterior(x * obs + fill * (1 - obs)), model.prior(x.shape[0])
+    guide_input = x * obs + torch.as_tensor(fill, dtype=x.dtype, device=device) * (1 - obs)
+    chunk = max(1, PARTICLES_PER_PASS // k)  # k particles x chunk datapoints per pass bound the memory
+    return torch.cat([_inpaint_batch(model, x[s:s + chunk], observed[s:s + chunk], guide_input[s:s + chunk], k,
+                                     proposal) for s in range(0, x.shape[0], chunk)])
+
+
+def _inpaint_batch(model, x, observed, guide_input, k, proposal):
+    """:func:`inpaint` for one batch of datapoints, already on the model's device and shape."""
+    obs = observed.to(x.dtype)
+    q, p = model.posterior(guide_input), model.prior(x.shape[0])
     n_q = {"guide": k, "prior": 0, "mixture": k // 2}[proposal]
     z = torch.cat([q.sample((n_q,)), p.sample((k - n_q,))])  # (k, n, D)
-    log_r = {"guide": lambda: q.log_prob(z), "prior": lambda: p.log_prob(z),
-             "mixture": lambda: torch.logaddexp(q.log_prob(z), p.log_prob(z)) - math.log(2)}[proposal]()
+    log_q, log_p = q.log_prob(z), p.log_prob(z)
+    log_r = {"guide": log_q, "prior": log_p, "mixture": torch.logaddexp(log_q, log_p) - math.log(2)}[proposal]
     out = model.decoder_params(z)
     event_dims = tuple(range(2, 2 + len(model.x_shape)))
     log_px_obs = (model.likelihood.value_log_prob(out, x) * obs).sum(event_dims)
-    log_w = log_px_obs + p.log_prob(z) - log_r
-    w = torch.softmax(log_w, dim=0).reshape((k, x.shape[0]) + (1,) * len(model.x_shape))
+    w = torch.softmax(log_px_obs + log_p - log_r, dim=0).reshape((k, x.shape[0]) + (1,) * len(model.x_shape))
     imputed = (w * model.likelihood.mean(out)).sum(0)
     return torch.where(observed, x, imputed)
+
 
 def corrupt(x, noise: float = 0.3, kind: str = "mask", seed: int = 0) -> torch.Tensor:
     """A corrupted copy of ``x`` for denoising: ``"mask"`` zeroes each value with probability
