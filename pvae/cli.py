@@ -35,10 +35,8 @@ def load_split(args, split):
     return data
 
 
-def _figures(model, test, x, run_dir: Path, labels=None) -> None:
+def _figures(model, test, x, run_dir: Path) -> None:
     """The figures that fit ``model``: each variant draws what it has the methods for."""
-    import torch
-
     from . import plots
 
     y = test.y
@@ -64,7 +62,6 @@ def _figures(model, test, x, run_dir: Path, labels=None) -> None:
             plots.latent_map(model, path=run_dir / "latent_map.png")
         if latent_dim >= 2:
             plots.traversal(model, x[0], path=run_dir / "traversal.png")
-    torch.manual_seed(0)
 
 
 def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed: int = 0) -> dict:
@@ -232,6 +229,14 @@ def cmd_train(args):
     print(f"run folder: {run_dir}")
 
 
+def _open_run(args):
+    """``args.run`` (a run folder or a checkpoint in one) -> (the run folder, the trained model)."""
+    from .checkpoint import load
+
+    run_dir = Path(args.run)
+    return (run_dir if run_dir.is_dir() else run_dir.parent), load(args.run, map_location=args.device)
+
+
 def _run_data(run_dir: Path, args):
     saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
     for key in ("dataset", "data_dir", "binarize", "n_test"):
@@ -242,11 +247,7 @@ def _run_data(run_dir: Path, args):
 
 
 def cmd_eval(args):
-    from .checkpoint import load
-
-    run_dir = Path(args.run)
-    run_dir = run_dir if run_dir.is_dir() else run_dir.parent
-    model = load(args.run, map_location=args.device)
+    run_dir, model = _open_run(args)
     test = _run_data(run_dir, args)
     hist = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else None
     s = report(model, test, run_dir, args.k, history=hist, progress=not args.quiet, seed=args.seed)
@@ -257,16 +258,15 @@ def cmd_sample(args):
     import torch
 
     from . import plots
-    from .checkpoint import load
 
-    model = load(args.run, map_location=args.device)
+    run_dir, model = _open_run(args)
     if not hasattr(model, "sample"):
         why = {"StructuredCVAE": "it predicts hidden quadrants from visible ones (StructuredCVAE.complete)",
                "VQVAE": "its prior over codes is not learned (fit one, e.g. a PixelCNN, over encode(x))",
                "AE": "a point-mass autoencoder has no generative prior"}.get(type(model).__name__, "")
         raise ValueError(f"{type(model).__name__} has no sample(): {why}" if why else
                          f"{type(model).__name__} has no sample() method")
-    out = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent) / "samples.png"
+    out = Path(args.out) if args.out else run_dir / "samples.png"
     plots.samples(model, n=args.n, path=out, seed=args.seed)
     if args.save_tensor:
         torch.manual_seed(args.seed)
@@ -311,11 +311,9 @@ def cmd_apply(args):
 
     from . import plots
     from .applications import anomaly_scores, auroc, corrupt, inpaint
-    from .checkpoint import load, write_text
+    from .checkpoint import write_text
 
-    run_dir = Path(args.run)
-    run_dir = run_dir if run_dir.is_dir() else run_dir.parent
-    model = load(args.run, map_location=args.device)
+    run_dir, model = _open_run(args)
     test = _run_data(run_dir, args)
     x = test.eval_x().reshape(len(test), -1).to(model.device)
     out = Path(args.out) if args.out else run_dir / f"{args.task}.png"
@@ -351,7 +349,7 @@ def cmd_apply(args):
             observed[:, side // 2:] = False  # the bottom half is missing
             observed = observed.reshape(len(test), -1)
             done = inpaint(model, x, observed, k=args.k)
-            ref = x.mean(0, keepdim=True).expand_as(x) * ~observed + x * observed  # mean of the test images
+            ref = x.mean(0, keepdim=True).expand_as(x)  # the mean test image (compared on missing pixels only)
             mask = ~observed
             plots.image_grid([x[:10], (x * observed)[:10], done[:10]], out, titles=["original", "observed", "inpainted"])
         err = float(((done - x)[mask] ** 2).mean())

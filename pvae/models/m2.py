@@ -25,7 +25,6 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..guides import DiagonalNormal, standard_normal

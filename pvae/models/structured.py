@@ -27,7 +27,6 @@ import math
 
 import pyro
 import torch
-from pyro import poutine
 
 from ..guides import DiagonalNormal
 from ..likelihoods import make_likelihood
