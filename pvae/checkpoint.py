@@ -39,8 +39,9 @@ def write_text(path, text: str) -> None:
 
 
 def save_checkpoint(path, module, *, optimizer=None, epoch: int = 0, history=None, rng=None,
-                    fit_config=None) -> Path:
-    """Write ``module`` (and the training state) to ``path`` atomically."""
+                    fit_config=None, pyro_params=None) -> Path:
+    """Write ``module`` (and the training state) to ``path`` atomically; ``pyro_params`` are the
+    program's parameters in Pyro's param store (unconstrained values, by store name)."""
     config = getattr(module, "config", None)
     state = {
         "format_version": FORMAT_VERSION,
@@ -52,6 +53,8 @@ def save_checkpoint(path, module, *, optimizer=None, epoch: int = 0, history=Non
         "history": json.dumps(list(history or [])),
         "fit_config": json.dumps(fit_config or {}),
         "rng": rng or {},
+        "pyro_params": {name: t.detach() for name, t in (pyro_params or {}).items()},
+        "pyro_constraints": json.dumps({name: _constraint_name(name) for name in (pyro_params or {})}),
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return Path(path)
@@ -85,6 +88,53 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
+_CONSTRAINTS = ("real", "positive", "unit_interval", "simplex", "nonnegative", "lower_cholesky",
+                "positive_definite", "corr_cholesky", "real_vector", "ordered_vector")
+
+
+def _constraint_name(name: str):
+    import pyro
+    from pyro.distributions import constraints
+
+    c = pyro.get_param_store()._constraints.get(name)
+    return next((n for n in _CONSTRAINTS if getattr(constraints, n, None) is c), None)
+
+
+def restore_store_params(params: dict, saved: dict) -> None:
+    """Copy saved unconstrained values into the program's param-store tensors ``params``."""
+    missing = sorted(set(saved) - set(params))
+    if missing:
+        raise ValueError(f"the checkpoint holds param-store parameters {missing} that this program does not "
+                         "register (pyro.param / pyro.module)")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+
+
+def load_store_params(path, map_location="cpu") -> None:
+    """Put a checkpoint's param-store parameters (``pyro.param``/``pyro.module`` of a program of
+    your own) into Pyro's param store, where the program finds them: existing entries are
+    overwritten in place, missing ones created with their constraint."""
+    import pyro
+    from pyro.distributions import constraints
+
+    store = pyro.get_param_store()
+    state = load_checkpoint(path, map_location)
+    kinds = json.loads(state.get("pyro_constraints") or "{}")
+    for name, value in (state.get("pyro_params") or {}).items():
+        if name in store._params:
+            with torch.no_grad():
+                store._params[name].copy_(value)
+            continue
+        if kinds.get(name) is None:
+            raise ValueError(f"cannot restore param-store parameter {name!r}: its constraint is not one pvae "
+                             "can name; run the program once (creating it) and load again")
+        constraint = getattr(constraints, kinds[name])
+        store._params[name] = value.clone().requires_grad_()
+        store._constraints[name] = constraint
+        store._param_to_name[store._params[name]] = name
+
+
 def load(path, model=None, map_location="cpu"):
     """The trained model in a run folder or checkpoint file.
 
@@ -101,4 +151,6 @@ def load(path, model=None, map_location="cpu"):
                              "build it and pass it as pvae.load(path, model=...)")
         model = cls(**state["config"])
     model.load_state_dict(state["model_state"])
+    if state.get("pyro_params"):
+        load_store_params(path, map_location)
     return model.to(map_location) if map_location is not None else model

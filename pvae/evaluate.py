@@ -25,51 +25,62 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from .data import Data, as_tensors
-from .objectives import guess_max_plate_nesting, log_weight_terms
-from .pair import as_pair, batch_args, device_of, match_shape
-from .validate import check_data, check_labels
+from .inputs import Inputs, arrange, own_model
+from .pair import as_pair, device_of
+from .program import Program, analyse, fix_globals, in_plate, log_weight_terms
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
 
 
-def _eval_xy(data, pair, labels=None):
-    """The evaluation data as ``(x, y)``, reshaped and checked; y is None for unconditional pairs."""
-    if isinstance(data, Data):
-        x, y = data.eval_x(), data.y
-    else:
-        x, y, _ = as_tensors(data)
-    x = match_shape(x, pair)
-    check_data(x, pair, "evaluation data")
-    return x, check_labels(labels if labels is not None else y, x.shape[0], pair, "evaluation data")
+def _eval_inputs(data, pair, labels=None) -> Inputs:
+    """The evaluation data as the pair's program takes it, checked (see :mod:`pvae.inputs`)."""
+    if isinstance(data, Inputs):
+        return data
+    return arrange(pair, data, labels, "evaluation data", evaluation=True)[0]
+
+
+def program_of(pair, inputs: Inputs, data_plate: str | None = None, batch_size: int = 100) -> Program:
+    """What tracing the pair once finds (cached on the pair by :func:`pvae.fit`)."""
+    cached = getattr(pair, "_pvae_program", None)
+    if cached is not None and data_plate in (None, cached.data_plate):
+        return cached
+    args, kwargs = inputs.head(batch_size)
+    program = analyse(pair.model, pair.guide, args, kwargs, data_plate=data_plate, module=pair,
+                      trusted=own_model(pair))
+    pair._pvae_program = program
+    return program
 
 
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
-                          device=None, progress: bool = False, desc: str = "log p(x)", labels=None):
+                          device=None, progress: bool = False, desc: str = "log p(x)", labels=None,
+                          data_plate: str | None = None):
     """Yield ``(start, terms)`` per batch of data, with ``terms`` (k, batch) tensors concatenated
-    over chunks of particles: :class:`~pvae.objectives.LogWeightTerms` fields on the CPU."""
+    over chunks of particles: :class:`~pvae.program.LogWeightTerms` fields on the CPU. Global
+    latents are held at their guide mean (:func:`pvae.program.fix_globals`)."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
-    x, y = _eval_xy(data, pair, labels)
-    n = x.shape[0]
+    inputs = _eval_inputs(data, pair, labels)
+    n = inputs.n
     chunk = max(1, min(k, PARTICLES_PER_PASS // max(1, min(batch_size, n))))
     was_training = pair.training
     pair.eval()
     bar = tqdm(total=n, desc=desc, disable=not progress, unit="x", leave=False)
-    nesting = None
+    program, fixed = None, None
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                args = batch_args(x, y, start, start + batch_size, device)
-                if nesting is None:
-                    nesting = guess_max_plate_nesting(pair.model, pair.guide, *args)
+                args, kwargs = inputs.take(slice(start, start + batch_size), device=device)
+                if program is None:
+                    program = program_of(pair, inputs.to(device), data_plate, batch_size)
+                    with poutine.block():
+                        fixed = fix_globals(pair.guide, program, *args, **kwargs)
                 parts, c = [], 0
                 while c < k:
                     try:
                         with poutine.block():
                             t = log_weight_terms(pair.model, pair.guide, *args, num_particles=min(chunk, k - c),
-                                                 max_plate_nesting=nesting)
+                                                 program=program, fixed=fixed, **kwargs)
                     except torch.OutOfMemoryError:
                         if chunk == 1:
                             raise
@@ -80,26 +91,28 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     parts.append((t.log_px_z.cpu(), t.log_pz.cpu(), t.log_qz.cpu()))
                     c += t.log_px_z.shape[0]
                 yield start, tuple(torch.cat(p, 0) for p in zip(*parts))
-                bar.update(args[0].shape[0])
+                bar.update(min(batch_size, n - start))
     finally:
         bar.close()
         pair.train(was_training)
 
 
 def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100,
-                   device=None, progress: bool = True, labels=None) -> torch.Tensor:
+                   device=None, progress: bool = True, labels=None, data_plate: str | None = None) -> torch.Tensor:
     """Importance-sampled log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``).
 
     ``model`` is a pvae model or any module with ``.model``/``.guide`` (or a model function with
     ``guide=`` and ``modules=``); ``data`` anything :func:`pvae.data.as_tensors` takes. A
-    conditional pair gets the data's labels (or ``labels=``) and estimates log p(x|y).
+    conditional pair gets the data's labels (or ``labels=``) and estimates log p(x|y); a program
+    taking several inputs per datapoint (``(x, a, b)`` data) gets the log-probability of all its
+    observed sites. ``data_plate`` names the plate over datapoints (None: found by tracing).
     """
     if int(k) != k or k < 1:
         raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
     out = []
     for _, (lpx, lpz, lqz) in iter_log_weight_terms(model, data, int(k), guide=guide, modules=modules,
                                                     batch_size=batch_size, device=device, progress=progress,
-                                                    labels=labels):
+                                                    labels=labels, data_plate=data_plate):
         out.append(torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k))
     return torch.cat(out)
 
@@ -121,16 +134,20 @@ def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int
     """``({site: E_q[z|x]}, {site: Monte Carlo noise variance of that mean, averaged over x})``."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
-    x, y = _eval_xy(data, pair)
+    inputs = _eval_inputs(data, pair)
+    program = program_of(pair, inputs.to(device))
     means: dict[str, list] = {}
     noise: dict[str, list] = {}
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
+        for start in range(0, inputs.n, batch_size):
+            args, kwargs = inputs.take(slice(start, start + batch_size), device=device)
             with poutine.block():
-                tr = poutine.trace(pair.guide).get_trace(*batch_args(x, y, start, start + batch_size, device))
+                tr = poutine.trace(pair.guide).get_trace(*args, **kwargs)
             for name, site in tr.nodes.items():
                 if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
                     continue
+                if not in_plate(site, program.data_plate):
+                    continue  # a global latent: not a per-datapoint code
                 try:
                     m, var = site["fn"].mean, None
                 except NotImplementedError:  # no closed form (a flow): average draws
@@ -170,20 +187,24 @@ def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=No
 
 
 def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100, device=None,
-             progress: bool = True, khat: bool = True, units: bool = True, labels=None) -> dict:
+             progress: bool = True, khat: bool = True, units: bool = True, labels=None,
+             data_plate: str | None = None) -> dict:
     """Everything pvae reports about a trained pair on ``data``, from one set of k draws each.
 
     Returns per-datapoint tensors (``log_px``, ``elbo``, ``recon``, ``kl``, ``ess``, ``khat``) and
     a ``summary`` dict of their means, median/max k-hat, the share of k-hat > 0.7 and the
-    number of active units.
+    number of active units; ``summary["notes"]`` says how the numbers were computed where that
+    differs from the plain protocol (global latents held at their guide mean, training scales
+    left out, sequential particles).
     """
     if int(k) != k or k < 1:
         raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
     k = int(k)
+    pair = as_pair(model, guide, modules)
     cols = {n: [] for n in ("log_px", "elbo", "recon", "kl", "ess", "khat")}
-    for _, (lpx, lpz, lqz) in iter_log_weight_terms(model, data, k, guide=guide, modules=modules,
+    for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, k,
                                                     batch_size=batch_size, device=device, progress=progress,
-                                                    labels=labels):
+                                                    labels=labels, data_plate=data_plate):
         lw = lpx + lpz - lqz
         cols["log_px"].append(torch.logsumexp(lw, 0) - math.log(k))
         cols["elbo"].append(lw.mean(0))
@@ -200,6 +221,9 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
         kh = out["khat"]
         s.update(khat_median=float(kh.median()), khat_max=float(kh.max()), khat_gt_0_7=float((kh > 0.7).double().mean()))
     if units:
-        s["active_units"] = active_units(model, data, guide=guide, modules=modules, device=device)["active"]
+        s["active_units"] = active_units(pair, data, device=device)["active"]
+    notes = pair._pvae_program.eval_notes() if getattr(pair, "_pvae_program", None) is not None else []
+    if notes:
+        s["notes"] = notes
     out["summary"] = s
     return out

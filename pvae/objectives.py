@@ -14,16 +14,16 @@ and every bound here is a function of them:
   (alpha = 0 is IWAE; alpha -> 1 the ELBO).
 
 Pyro's ``vectorized_importance_weights`` sums the log-weights over the data plate, so it
-gives one weight per *batch*. :func:`log_weight_terms` keeps one per datapoint: every sample
-site of a datapoint must sit inside ``pyro.plate("data", ...)`` (the house rule), particles are
-drawn in one vectorized pass along a dim left of all plates, and log-probs are summed over every
-dim except (particle, data).
+gives one weight per *batch*. :func:`pvae.program.log_weight_terms` keeps one per datapoint:
+it finds the plate over datapoints (named anything), draws particles in one vectorized pass
+along a dim left of all plates (or one trace each where the program's nets cannot take that
+dim), and sums log-probs over every dim except (particle, data). See :mod:`pvae.program`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import warnings
 
 import pyro
 import torch
@@ -32,167 +32,18 @@ from torch import nn
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from pyro.poutine.util import site_is_subsample
 
-DATA_PLATE = "data"
+from .program import (PARTICLES, LogWeightTerms, Program, _per_datapoint, analyse, go_sequential, latent_sites,
+                      log_weight_terms,
+                      outside_error, plain_traces, terms_from_traces)
 
-
-class LogWeightTerms(NamedTuple):
-    """Per-datapoint log-densities of k particles, each of shape ``(k, batch)``.
-
-    ``log_px_z``: observed sites, log p(x | z); ``log_pz``: latent sites of the model, log p(z);
-    ``log_qz``: the guide, log q(z | x). ``latent_scale`` / ``obs_scale`` are the
-    ``poutine.scale`` factors found on those sites (beta, warm-up, subsampling).
-    """
-
-    log_px_z: torch.Tensor
-    log_pz: torch.Tensor
-    log_qz: torch.Tensor
-    latent_scale: float
-    obs_scale: float
-
-    @property
-    def log_weights(self):
-        """log w = log p(x, z) - log q(z | x), unscaled: the true importance weights."""
-        return self.log_px_z + self.log_pz - self.log_qz
+DATA_PLATE = "data"  # the name pvae's own models give their data plate
 
 
-def _check_in_plate(site, data_plate: str) -> None:
-    if not any(f.name == data_plate for f in site["cond_indep_stack"]):
-        raise ValueError(
-            f"sample site {site['name']!r} is outside the data plate: pvae computes per-datapoint "
-            f"bounds, so every sample site of a datapoint must sit inside pyro.plate({data_plate!r}, ...)")
-
-
-def _plain_traces(model, guide, *args, **kwargs):
-    """One run of guide and model, hidden from outer handlers, without gradients, and with the
-    random-number state restored afterwards (so that looking does not change later draws)."""
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with poutine.block(), torch.random.fork_rng(devices=cuda), torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return model_trace, guide_trace
-
-
-def guess_max_plate_nesting(model, guide, *args, data_plate: str = DATA_PLATE, **kwargs) -> int:
+def guess_max_plate_nesting(model, guide, *args, data_plate: str | None = None, **kwargs) -> int:
     """How many plate dims the model and guide use, from one plain run of each (the random-number
-    state is restored afterwards, so guessing does not change later draws). Checks on the way
-    that every sample site sits inside the data plate."""
-    model_trace, guide_trace = _plain_traces(model, guide, *args, **kwargs)
-    nesting = 0
-    for tr in (model_trace, guide_trace):
-        for site in tr.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                _check_in_plate(site, data_plate)
-                nesting = max([nesting] + [-f.dim for f in site["cond_indep_stack"] if f.vectorized])
-    return nesting
-
-
-def _scale_of(site) -> float:
-    s = site["scale"]
-    if isinstance(s, torch.Tensor):
-        if s.numel() != 1:
-            raise ValueError(f"site {site['name']!r} has a tensor scale; pvae's per-datapoint "
-                             "bounds need one scale per site")
-        s = float(s)
-    return float(s)
-
-
-def _per_datapoint(site, num_dims: int, k: int, batch: int, data_plate: str) -> torch.Tensor:
-    """Sum a site's log-prob over every dim but (particle, data) -> shape ``(k, batch)``."""
-    _check_in_plate(site, data_plate)
-    frames = [f for f in site["cond_indep_stack"] if f.name == data_plate]
-    lp = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None and site["mask"] is not True:
-        lp = torch.where(torch.as_tensor(site["mask"], device=lp.device), lp, lp.new_zeros(()))
-    if lp.dim() > num_dims:
-        raise ValueError(
-            f"site {site['name']!r} has batch shape {tuple(lp.shape)}, more dims than its plates "
-            f"and the particle dim ({num_dims}): declare per-datapoint dims with .to_event(...)")
-    lp = lp.reshape((1,) * (num_dims - lp.dim()) + tuple(lp.shape))
-    data_dim = num_dims + frames[0].dim
-    other = [d for d in range(1, num_dims) if d != data_dim]
-    if other:
-        lp = lp.sum(other, keepdim=True)
-    return lp.reshape(lp.shape[0], lp.shape[data_dim]).expand(k, batch)
-
-
-def vectorized_traces(model, guide, *args, num_particles: int, max_plate_nesting: int, **kwargs):
-    """``(model_trace, guide_trace)`` with ``num_particles`` draws of every latent, taken in one
-    pass along a particle dim to the left of all plates."""
-    with pyro.plate("_pvae_particles", num_particles, dim=-(max_plate_nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return model_trace, guide_trace
-
-
-def _batch_size(traces, data_plate):
-    for tr in traces:
-        for site in tr.nodes.values():
-            if site["type"] == "sample":
-                for f in site["cond_indep_stack"]:
-                    if f.name == data_plate:
-                        return f.size
-    raise ValueError(f"no sample site is inside pyro.plate({data_plate!r}, ...): pvae needs "
-                     "every sample site of a datapoint inside that plate")
-
-
-def _latent_sites(trace):
-    return [(name, site) for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
-
-
-def terms_from_traces(model_trace, guide_trace, num_particles: int, max_plate_nesting: int,
-                      data_plate: str = DATA_PLATE) -> LogWeightTerms:
-    """Per-datapoint log p(x|z), log p(z), log q(z|x) (each ``(k, batch)``) from a model trace
-    replayed against a vectorized guide trace."""
-    num_dims, k = max_plate_nesting + 1, num_particles
-    batch = _batch_size((model_trace, guide_trace), data_plate)
-    log_px_z = log_pz = log_qz = None
-    latent_scales, obs_scales = set(), set()
-
-    def add(total, lp):
-        return lp if total is None else total + lp
-
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_do_not_score"):
-            continue
-        lp = _per_datapoint(site, num_dims, k, batch, data_plate)
-        if site["is_observed"]:
-            log_px_z = add(log_px_z, lp)
-            obs_scales.add(_scale_of(site))
-        else:
-            if name not in guide_trace.nodes:
-                raise ValueError(f"latent site {name!r} of the model has no match in the guide")
-            log_pz = add(log_pz, lp)
-            latent_scales.add(_scale_of(site))
-    for name, site in _latent_sites(guide_trace):
-        log_qz = add(log_qz, _per_datapoint(site, num_dims, k, batch, data_plate))
-        latent_scales.add(_scale_of(site))
-    if len(obs_scales) > 1 or len(latent_scales) > 1:
-        raise ValueError(f"pvae's importance-weighted bounds need one scale on all observed sites "
-                         f"and one on all latent sites; found {sorted(obs_scales)} and "
-                         f"{sorted(latent_scales)}")
-    some = next(t for t in (log_px_z, log_pz, log_qz) if t is not None)
-    zero = some.new_zeros(k, batch)
-    return LogWeightTerms(*(zero if t is None else t for t in (log_px_z, log_pz, log_qz)),
-                          latent_scales.pop() if latent_scales else 1.0,
-                          obs_scales.pop() if obs_scales else 1.0)
-
-
-def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None,
-                     data_plate: str = DATA_PLATE, **kwargs) -> LogWeightTerms:
-    """Draw ``num_particles`` z ~ q(z|x) in one vectorized pass and return per-datapoint
-    log p(x|z), log p(z) and log q(z|x), each of shape ``(num_particles, batch)``.
-
-    ``model`` and ``guide`` take the same ``*args, **kwargs``. The draws are reparameterized
-    where the guide's distributions allow it, so the result is differentiable.
-    """
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, *args, data_plate=data_plate, **kwargs)
-    model_trace, guide_trace = vectorized_traces(model, guide, *args, num_particles=num_particles,
-                                                 max_plate_nesting=max_plate_nesting, **kwargs)
-    return terms_from_traces(model_trace, guide_trace, num_particles, max_plate_nesting, data_plate)
+    state is restored afterwards, so guessing does not change later draws)."""
+    return analyse(model, guide, args, kwargs, data_plate=data_plate, check_vectorize=False).nesting
 
 
 class ImportanceWeightedELBO(ELBO):
@@ -214,7 +65,7 @@ class ImportanceWeightedELBO(ELBO):
     """
 
     def __init__(self, num_particles: int = 5, alpha: float = 0.0, max_plate_nesting=float("inf"),
-                 data_plate: str = DATA_PLATE):
+                 data_plate: str | None = None):
         if int(num_particles) != num_particles or num_particles < 1:
             raise ValueError(f"the number of importance samples k must be an integer >= 1, got {num_particles}")
         if alpha == 1:
@@ -225,28 +76,50 @@ class ImportanceWeightedELBO(ELBO):
         self.plate_nesting = max_plate_nesting
         self.alpha = float(alpha)
         self.data_plate = data_plate
+        self.program: Program | None = None  # what pvae.fit's analysis found, else found on first use
 
     def _get_trace(self, model, guide, args, kwargs):
         """One (model, guide) trace pair, as Pyro's ELBO base class expects."""
         return get_importance_trace("flat", self._nesting(model, guide, args, kwargs), model, guide, args, kwargs)
 
+    def _program(self, model, guide, args, kwargs) -> Program:
+        if self.program is None:
+            self.program = analyse(model, guide, args, kwargs, data_plate=self.data_plate, check_vectorize=False)
+            check_importance_weighted(self, self.program)
+        if self.plate_nesting != float("inf"):
+            self.program.nesting = int(self.plate_nesting)
+        return self.program
+
     def _nesting(self, model, guide, args, kwargs) -> int:
-        if self.plate_nesting == float("inf"):
-            self.plate_nesting = guess_max_plate_nesting(model, guide, *args, data_plate=self.data_plate, **kwargs)
-        return self.plate_nesting
+        return self._program(model, guide, args, kwargs).nesting
 
     def bound(self, log_w: torch.Tensor) -> torch.Tensor:
         """The per-datapoint bound from scaled log-weights of shape ``(k, batch)``."""
         a = 1.0 - self.alpha
         return (torch.logsumexp(a * log_w, dim=0) - math.log(log_w.shape[0])) / a
 
+    def _scales(self, t: LogWeightTerms) -> tuple[float, float]:
+        if t.latent_scale is None or t.obs_scale is None:
+            raise ValueError(f"{type(self).__name__} needs one poutine.scale on all observed sites and one on all "
+                             "latent sites (a beta or warm-up on every latent of model and guide alike); this "
+                             "program scales its sites differently or per datapoint, and an importance-weighted "
+                             "bound has no such weighting: train with 'elbo' (Trace_ELBO honours every scale)")
+        return t.latent_scale, t.obs_scale
+
     def per_datapoint(self, model, guide, *args, **kwargs):
         """``(L, s)``: the bound L_b of each datapoint (shape ``(batch,)``) and the outer scale s."""
-        t = log_weight_terms(model, guide, *args, num_particles=self.num_particles,
-                             max_plate_nesting=self._nesting(model, guide, args, kwargs),
-                             data_plate=self.data_plate, **kwargs)
-        beta = t.latent_scale / t.obs_scale
-        return self.bound(t.log_px_z + beta * (t.log_pz - t.log_qz)), t.obs_scale
+        program = self._program(model, guide, args, kwargs)
+        try:
+            t = log_weight_terms(model, guide, *args, num_particles=self.num_particles, program=program, **kwargs)
+        except Exception as e:  # noqa: BLE001 - first use outside pvae.fit: nets that take no particle dim
+            if program.checked or not program.vectorize:
+                raise
+            go_sequential(program, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            t = log_weight_terms(model, guide, *args, num_particles=self.num_particles, program=program, **kwargs)
+        program.checked = True
+        latent_scale, obs_scale = self._scales(t)
+        beta = latent_scale / obs_scale
+        return self.bound(t.log_px_z + beta * (t.log_pz - t.log_qz)), obs_scale
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         bound, scale = self.per_datapoint(model, guide, *args, **kwargs)
@@ -377,17 +250,18 @@ class _SurrogateELBO(ImportanceWeightedELBO):
         raise NotImplementedError
 
     def per_datapoint(self, model, guide, *args, **kwargs):
-        nesting = self._nesting(model, guide, args, kwargs)
+        program = self._program(model, guide, args, kwargs)
+        nesting, plate = program.nesting, program.data_plate
         num_dims, k = nesting + 1, self.num_particles
         guide_sg = with_detached_params(guide)
         box = _Box()
-        with pyro.plate("_pvae_particles", k, dim=-num_dims):
+        with pyro.plate(PARTICLES, k, dim=-num_dims):
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             scaled = guide_trace.copy()
-            for name, site in _latent_sites(guide_trace):
+            for name, site in latent_sites(guide_trace):
                 if not site["fn"].has_rsample:
                     raise ValueError(f"{type(self).__name__} needs reparameterized latents; site {name!r} is not")
-                frame = next(f for f in site["cond_indep_stack"] if f.name == self.data_plate)
+                frame = next(f for f in site["cond_indep_stack"] if f.name == plate)
                 view = [k] + [1] * (num_dims - 1) + [1] * (site["value"].dim() - num_dims)
                 view[num_dims + frame.dim] = -1
                 scaled.nodes[name] = dict(site, value=_GradScale.apply(site["value"], box, tuple(view)))
@@ -395,11 +269,12 @@ class _SurrogateELBO(ImportanceWeightedELBO):
             guide_sg_trace = poutine.trace(poutine.replay(guide_sg, trace=scaled)).get_trace(*args, **kwargs)
             if not self.path_only:
                 fixed = guide_trace.copy()
-                for name, site in _latent_sites(guide_trace):
+                for name, site in latent_sites(guide_trace):
                     fixed.nodes[name] = dict(site, value=site["value"].detach())
                 direct_trace = poutine.trace(poutine.replay(guide, trace=fixed)).get_trace(*args, **kwargs)
-        t = terms_from_traces(model_trace, guide_sg_trace, k, nesting, self.data_plate)
-        beta = t.latent_scale / t.obs_scale
+        t = terms_from_traces(model_trace, guide_sg_trace, k, nesting, plate)
+        latent_scale, obs_scale = self._scales(t)
+        beta = latent_scale / obs_scale
         log_w = t.log_px_z + beta * (t.log_pz - t.log_qz)
         value = self.bound(log_w.detach())
         log_a, log_b = self.log_weights_ab(log_w.detach())
@@ -407,10 +282,10 @@ class _SurrogateELBO(ImportanceWeightedELBO):
         surrogate = (log_a.exp() * log_w).sum(0)
         if not self.path_only:
             batch = log_w.shape[1]
-            log_q = sum(_per_datapoint(site, num_dims, k, batch, self.data_plate)
-                        for _, site in _latent_sites(direct_trace))
+            log_q = sum(_per_datapoint(site, num_dims, plate).expand(k, batch)
+                        for _, site in latent_sites(direct_trace))
             surrogate = surrogate - beta * (log_b.exp() * log_q).sum(0)
-        return value + surrogate - surrogate.detach(), t.obs_scale
+        return value + surrogate - surrogate.detach(), obs_scale
 
 
 class DReGIWAE(_SurrogateELBO):
@@ -484,17 +359,25 @@ class PyroRenyiELBO(RenyiELBO):
 
 def check_mean_field(elbo: ELBO, pair, *args, **kwargs) -> None:
     """``TraceMeanField_ELBO`` silently falls back to Monte Carlo where no closed-form KL is
-    registered, and is wrong for a guide whose dependency structure differs from the model's
-    (a bottom-up hierarchy). Say so instead."""
+    registered, is wrong for a guide whose dependency structure differs from the model's (a
+    bottom-up hierarchy), and gives a non-reparameterized (discrete) guide site only the KL's
+    gradient. Say so instead."""
     if not isinstance(elbo, TraceMeanField_ELBO):
         return
     if getattr(pair, "mean_field_valid", True) is False:
         raise ValueError(f"mf-elbo is not valid for {type(pair).__name__} with this guide: the guide's latents "
                          "depend on each other in another order than the model's; use 'elbo' or an "
                          "importance-weighted objective")
-    model_trace, guide_trace = _plain_traces(pair.model, pair.guide, *args, **kwargs)
-    for name, site in _latent_sites(guide_trace):
-        q, p = site["fn"], model_trace.nodes[name]["fn"]
+    model_trace, guide_trace = plain_traces(pair.model, pair.guide, *args, **kwargs)
+    for name, site in latent_sites(guide_trace):
+        q = site["fn"]
+        if not q.has_rsample:
+            raise ValueError(f"mf-elbo needs reparameterized guide sites, and site {name!r} ({type(q).__name__}) is "
+                             "not: its gradient would miss the score-function term; use 'elbo' (or 'enum-elbo' "
+                             "with the site marked for enumeration)")
+        if name not in model_trace.nodes:
+            continue
+        p = model_trace.nodes[name]["fn"]
         try:
             torch.distributions.kl_divergence(q, p)
         except NotImplementedError:
@@ -502,17 +385,61 @@ def check_mean_field(elbo: ELBO, pair, *args, **kwargs) -> None:
                              f"for {type(q).__name__} against {type(p).__name__}; use 'elbo' (Monte Carlo)") from None
 
 
+def check_importance_weighted(elbo: ELBO, program: Program) -> None:
+    """pvae's importance-weighted objectives are per-datapoint bounds differentiated through
+    reparameterized draws: refuse global latents, non-reparameterized guide sites (which would
+    silently get no gradient) and, for the surrogate estimators, sequential particles."""
+    if not isinstance(elbo, ImportanceWeightedELBO):
+        return
+    name = type(elbo).__name__
+    if program.global_sites:
+        raise ValueError(f"{name} is a per-datapoint bound, and latent site {program.global_sites[0]!r} is outside "
+                         f"the data plate {program.data_plate!r} (a global latent): train with 'elbo', 'mf-elbo' "
+                         "or 'enum-elbo', which handle global latents (pvae's evaluator conditions on their guide mean)")
+    if program.not_reparameterized:
+        raise ValueError(f"{name} needs reparameterized latents, and the guide's site "
+                         f"{program.not_reparameterized[0]!r} is not: train with 'elbo' or 'enum-elbo' (pvae's "
+                         "evaluator still estimates its log p(x))")
+    if isinstance(elbo, _SurrogateELBO) and not program.vectorize:
+        raise ValueError(f"{name} needs nets that take a leading particle dim, and this program's do not "
+                         "(see the warning above): use 'iwae' or 'elbo'")
+
+
+def check_objective(elbo: ELBO, pair, program: Program, args=(), kwargs=None) -> None:
+    """Every guard pvae keeps for an objective on a program, run once before any training step
+    (Pyro's own guards vanish with validation off)."""
+    kwargs = kwargs or {}
+    check_mean_field(elbo, pair, *args, **kwargs)
+    check_importance_weighted(elbo, program)
+    if isinstance(elbo, ImportanceWeightedELBO):
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            elbo._scales(log_weight_terms(pair.model, pair.guide, *args, program=program, **kwargs))
+    if isinstance(elbo, TraceEnum_ELBO) and not program.enumerated:
+        warnings.warn("enum-elbo (TraceEnum_ELBO) on a program with no site marked for enumeration "
+                      "(infer={'enumerate': 'parallel'} or config_enumerate) is the plain ELBO", stacklevel=3)
+
+
 def check_reparameterized(elbo: ELBO, pair, *args, **kwargs) -> None:
     """pvae's importance-weighted objectives differentiate through reparameterized draws only (no
     score-function term): a discrete latent in the guide would silently get no gradient. Refuse."""
-    if not isinstance(elbo, ImportanceWeightedELBO):
+    if isinstance(elbo, ImportanceWeightedELBO):
+        check_importance_weighted(elbo, analyse(pair.model, pair.guide, args, kwargs, check_vectorize=False))
+
+
+def configure(elbo: ELBO, program: Program) -> None:
+    """Tell an ELBO what the analysis of the program found: plate dims, the data plate, and
+    whether particles can be vectorized."""
+    if isinstance(elbo, ImportanceWeightedELBO):
+        if elbo.plate_nesting != float("inf"):
+            program.nesting = int(elbo.plate_nesting)
+        elbo.program = program
         return
-    _, guide_trace = _plain_traces(pair.model, pair.guide, *args, **kwargs)
-    for name, site in _latent_sites(guide_trace):
-        if not site["fn"].has_rsample:
-            raise ValueError(f"{type(elbo).__name__} needs reparameterized latents, and the guide's site {name!r} "
-                             f"({type(site['fn']).__name__}) is not: train with 'elbo' or 'enum-elbo' (pvae's "
-                             "evaluator still estimates its log p(x))")
+    if not program.vectorize and getattr(elbo, "vectorize_particles", False):
+        elbo.vectorize_particles = False
+    if getattr(elbo, "max_plate_nesting", None) == float("inf"):
+        # Pyro counts the vectorized particle dim in max_plate_nesting
+        elbo.max_plate_nesting = program.nesting + (1 if getattr(elbo, "vectorize_particles", False) else 0)
 
 
 def set_plate_nesting(elbo: ELBO, nesting: int) -> None:
@@ -521,7 +448,6 @@ def set_plate_nesting(elbo: ELBO, nesting: int) -> None:
         if elbo.plate_nesting == float("inf"):
             elbo.plate_nesting = nesting
     elif getattr(elbo, "max_plate_nesting", None) == float("inf"):
-        # Pyro counts the vectorized particle dim in max_plate_nesting
         elbo.max_plate_nesting = nesting + (1 if elbo.vectorize_particles else 0)
 
 

@@ -26,15 +26,15 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_text
-from .data import Data, as_tensors
+from .checkpoint import CHECKPOINT, load_checkpoint, restore_store_params, save_checkpoint, write_text
 from .handlers import scale_latents
+from .inputs import Inputs, arrange, own_model
 from .nets import accelerate
-from .objectives import (check_mean_field, check_reparameterized, guess_max_plate_nesting, log_weight_terms,
-                         objective as make_objective, set_plate_nesting)
-from .pair import as_pair, batch_args, match_shape
+from .objectives import check_objective, configure, objective as make_objective
+from .pair import as_pair
+from .program import Program, analyse, fix_globals, log_weight_terms, store_params, untrained_leaves
 from .distributed import Context, all_true, launched, setup, sum_all, wrap
-from .validate import check_data, check_labels, check_positive_int
+from .validate import check_positive_int
 
 
 class History(list):
@@ -71,15 +71,22 @@ def resolve_device(device) -> torch.device:
 
 
 @torch.no_grad()
-def mean_elbo(pair, x: torch.Tensor, y=None, batch_size: int = 1000, max_plate_nesting=None) -> float:
-    """The ELBO (one draw, no beta or warm-up) averaged over the datapoints of ``x`` (labels ``y``)."""
-    total = 0.0
-    for s in range(0, x.shape[0], batch_size):
-        args = batch_args(x, y, s, s + batch_size)
+def mean_elbo(pair, data, program: Program | None = None, batch_size: int = 1000) -> float:
+    """The ELBO (one draw, no beta, warm-up or other training scale) averaged over the datapoints
+    of ``data`` (an :class:`~pvae.inputs.Inputs`, or anything :func:`pvae.fit` takes); global
+    latents are held at their guide mean."""
+    inputs = data if isinstance(data, Inputs) else arrange(pair, data, what="evaluation data", evaluation=True)[0]
+    if program is None:
+        program = analyse(pair.model, pair.guide, *inputs.head(batch_size), module=pair, trusted=own_model(pair))
+    total, fixed = 0.0, None
+    for s in range(0, inputs.n, batch_size):
+        args, kwargs = inputs.take(slice(s, s + batch_size))
         with poutine.block():
-            t = log_weight_terms(pair.model, pair.guide, *args, num_particles=1, max_plate_nesting=max_plate_nesting)
+            if fixed is None:
+                fixed = fix_globals(pair.guide, program, *args, **kwargs)
+            t = log_weight_terms(pair.model, pair.guide, *args, num_particles=1, program=program, fixed=fixed, **kwargs)
         total += float(t.log_weights.sum())
-    return total / x.shape[0]
+    return total / inputs.n
 
 
 def _rng_state(shuffle: torch.Generator) -> dict:
@@ -161,35 +168,35 @@ def _step_loss(pair, elbo, ctx, device):
     if hasattr(elbo, "differentiable_loss"):
         engine = wrap(pair, elbo, ctx, device)
 
-        def step_loss(*args):
-            loss = engine(*args)  # times the number of processes: DDP averages gradients
+        def step_loss(*args, **kwargs):
+            loss = engine(*args, **kwargs)  # times the number of processes: DDP averages gradients
             loss.backward()
             return loss.detach() / ctx.world
         return step_loss
-    return lambda *args: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args))
+    return lambda *args, **kwargs: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args, **kwargs))
 
 
-def _train_epoch(pair, step_loss, optimizer, params, x, y, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
+def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
                  epoch, kl_scale, steps):
     """One pass over the data; returns (summed loss, datapoints seen, the last KL scale), all ranks summed."""
     pair.train()
-    device = x.device
+    device = inputs.x.device
     total, seen, scale = torch.zeros((), device=device), 0, 1.0
     anneal = getattr(pair, "anneal", None)  # a model's own schedule (e.g. a Gumbel-softmax temperature)
     faults.start_epoch(device)
     for step in bar:
         idx = perm[step * batch_size:(step + 1) * batch_size]
         idx = idx[ctx.rank::ctx.world] if ctx.active else idx
-        xb = x[idx]
+        xb = inputs.x[idx]
         if binarize == "dynamic":
             xb = torch.bernoulli(xb)
-        args = (xb,) if y is None else (xb, y[idx])
+        args, kwargs = inputs.take(idx, x=xb)
         scale = kl_scale(epoch * steps + step + 1)
         if anneal is not None:
             anneal(epoch * steps + step)
         optimizer.zero_grad(set_to_none=True)
         with scale_latents(scale=scale):  # warm-up: latent sites of model and guide alike (no-op at 1)
-            loss = step_loss(*args)
+            loss = step_loss(*args, **kwargs)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
         if not faults.allows_step(torch.isfinite(loss) & torch.isfinite(grad_norm), optimizer, epoch, step):
             if faults.deferred:
@@ -209,13 +216,16 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, seed: int = 0, device=None, test=None,
         labels=None, warmup_epochs: float = 0, run_dir=None, resume=None, progress: bool = True,
         clip_grad: float | None = None, on_nonfinite: str = "stop", distributed: bool | None = None,
-        precision: str = "fp32", compile: bool = False, validate: bool = False) -> History:
+        precision: str = "fp32", compile: bool = False, validate: bool = False,
+        data_plate: str | None = None) -> History:
     """Train a model/guide pair by SVI and return its :class:`History`.
 
     Args:
         model: a pvae model, any ``nn.Module`` with ``.model``/``.guide``, or a model function
             (then pass ``guide=`` and ``modules=``, the modules holding their parameters).
-        train: tensors, ``(x, y)`` tuples, :class:`pvae.data.Data`, Datasets, names or paths.
+        train: tensors, tuples ``(x, a, ...)`` (members reach ``model(x, a, ...)``), dicts of tensors
+            (keywords), ``TensorDataset``s, :class:`pvae.data.Data`, Datasets, names or paths; see
+            :mod:`pvae.inputs`.
         test: evaluated after every epoch (test ELBO); the same kinds as ``train``, or None.
         labels: labels of ``train`` for conditional pairs (which otherwise take them from
             ``(x, y)`` data or a :class:`pvae.data.Data`): integers or one-hot rows.
@@ -237,6 +247,11 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             float32); see :func:`pvae.nets.accelerate`.
         compile: ``torch.compile`` pvae's nets in place.
         validate: Pyro's distribution validation (off by default: it costs time).
+        data_plate: the name of the plate over datapoints (None: found by tracing the program
+            once; see :mod:`pvae.program`).
+
+    Parameters the program registers in Pyro's param store (``pyro.param``, ``pyro.module``) are
+    trained and checkpointed with the module's, as Pyro's SVI trains them.
     """
     pair = as_pair(model, guide, modules)
     accelerate(pair, precision, compile)
@@ -249,38 +264,41 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             raise ValueError(f"batch_size ({batch_size}) is the global batch: it must be >= the number of "
                              f"processes ({ctx.world})")
     elbo = make_objective(objective, k=k, alpha=alpha) if isinstance(objective, str) else objective
-    params = [p for p in pair.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters: pass modules=... holding the nets "
-                         "that the model and guide use")
-
-    x, y, binarize = as_tensors(train, labels)
-    x = match_shape(x, pair, "training data")
-    check_data(x, pair, "training data")
-    y = check_labels(y, x.shape[0], pair, "training data")
-    x, y = x.to(device), (y.to(device) if y is not None else None)
-    n = x.shape[0]
-    x_test = y_test = None
+    inputs, binarize = arrange(pair, train, labels, "training data")
+    n = inputs.n
+    inputs = inputs.to(device)
+    test_inputs = None
     if test is not None:
-        x_test, y_test = (test.eval_x(), test.y) if isinstance(test, Data) else as_tensors(test)[:2]
-        x_test = match_shape(x_test, pair, "test data")
-        check_data(x_test, pair, "test data")
-        y_test = check_labels(y_test, x_test.shape[0], pair, "test data")
-        x_test, y_test = x_test.to(device), (y_test.to(device) if y_test is not None else None)
+        test_inputs = arrange(pair, test, None, "test data", evaluation=True)[0].to(device)
 
     pyro.set_rng_seed(seed + ctx.rank)  # particles: one stream per rank
     shuffle = torch.Generator().manual_seed(seed)  # data order: the same on every rank
     pair.to(device)
+    first_args, first_kwargs = inputs.head(batch_size)
+    with pyro.validation_enabled(validate):
+        program = analyse(pair.model, pair.guide, first_args, first_kwargs, data_plate=data_plate, module=pair,
+                          trusted=own_model(pair))
+        extra = store_params(pair, first_args, first_kwargs)
+    params = [p for p in pair.parameters() if p.requires_grad] + list(extra.values())
+    if not params:
+        raise ValueError("the model has no trainable parameters: pass modules=... holding the nets "
+                         "that the model and guide use (or register them with pyro.module / pyro.param)")
+    missed = untrained_leaves(pair, params, first_args, first_kwargs)
+    if missed:
+        raise ValueError(f"the loss depends on {len(missed)} tensor(s) that would not be trained ({missed[0]}, ...): "
+                         "pass the modules holding them as modules=..., or register them with pyro.module / pyro.param")
     optimizer = torch.optim.Adam(params, lr=lr)
     fit_config = {"objective": objective if isinstance(objective, str) else type(objective).__name__,
                   "k": elbo.num_particles, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "seed": seed, "device": str(device), "warmup_epochs": warmup_epochs, "n_train": n,
-                  "n_test": None if x_test is None else int(x_test.shape[0]), "clip_grad": clip_grad,
-                  "on_nonfinite": on_nonfinite, "processes": ctx.world, "precision": precision, "compile": compile}
+                  "n_test": None if test_inputs is None else test_inputs.n, "clip_grad": clip_grad,
+                  "on_nonfinite": on_nonfinite, "processes": ctx.world, "precision": precision, "compile": compile,
+                  "data_plate": program.data_plate, "vectorized_particles": program.vectorize}
     history, start_epoch = History(), 0
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
         pair.load_state_dict(state["model_state"])
+        restore_store_params(extra, state.get("pyro_params") or {})
         if state["optimizer_state"] is not None:
             optimizer.load_state_dict(state["optimizer_state"])
         history.extend(state["history"])
@@ -303,11 +321,8 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     faults = FaultPolicy(on_nonfinite, ctx, where, deferred=device.type != "cpu" and on_nonfinite == "stop"
                          and not ctx.active)
     with pyro.validation_enabled(validate):
-        first = batch_args(x, y, 0, 2)
-        nesting = guess_max_plate_nesting(pair.model, pair.guide, *first)
-        set_plate_nesting(elbo, nesting)
-        check_mean_field(elbo, pair, *first)
-        check_reparameterized(elbo, pair, *first)
+        configure(elbo, program)
+        check_objective(elbo, pair, program, first_args, first_kwargs)
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)
@@ -316,14 +331,14 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             perm = torch.randperm(n, generator=shuffle).to(device)
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
             total, seen, kl_scale = _train_epoch(
-                pair, step_loss, optimizer, params, x, y, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
+                pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
                 epoch, kl_scale=lambda global_step: min(1.0, global_step / (warmup_epochs * steps))
                 if warmup_epochs else 1.0, steps=steps)
             record = {"epoch": epoch + 1, "train_loss": float(total) / max(seen, 1),
                       "seconds": time.perf_counter() - t0, "kl_scale": kl_scale}
-            if x_test is not None and ctx.main:
+            if test_inputs is not None and ctx.main:
                 pair.eval()
-                record["test_elbo"] = mean_elbo(pair, x_test, y_test, max_plate_nesting=nesting)
+                record["test_elbo"] = mean_elbo(pair, test_inputs, program)
             history.append(record)
             if progress:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.2f}"
@@ -331,10 +346,13 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                            + f"  {record['seconds']:.1f}s")
             if run_dir is not None and ctx.main:
                 save_checkpoint(run_dir / CHECKPOINT, pair, optimizer=optimizer, epoch=epoch + 1,
-                                history=history, rng=_rng_state(shuffle), fit_config=fit_config)
+                                history=history, rng=_rng_state(shuffle), fit_config=fit_config,
+                                pyro_params=extra)
                 history.save(run_dir)
     if ctx.active:
         torch.distributed.barrier()  # rank 0 has written its checkpoint before anyone returns
     pair.eval()
     history.model, history.run_dir = pair, run_dir
+    history.program, history.notes = program, program.notes + program.eval_notes()
+    pair._pvae_program = program  # the evaluator reuses what this analysis found
     return history
