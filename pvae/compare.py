@@ -17,11 +17,15 @@ import json
 import time
 from pathlib import Path
 
+import pyro
 import torch
 
 from .checkpoint import write_text
 from .evaluate import evaluate
-from .objectives import objective as make_objective
+from .inputs import arrange, own_model
+from .objectives import check_objective, configure, objective as make_objective
+from .pair import as_pair
+from .program import analyse
 from .train import fit
 
 COLUMNS = [("objective", "objective"), ("k", "k"), ("train_seconds", "train s"), ("log_px", "test log p(x)"),
@@ -42,15 +46,39 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
+def check_all(build, train, specs, *, seed: int = 0, batch_size: int = 100, data_plate=None) -> None:
+    """Every objective against a freshly built model, on the first batch, before any training:
+    a spec that does not suit the model fails here with the check's one line, naming the spec."""
+    torch.manual_seed(seed)
+    with pyro.get_param_store().scope():
+        pair = as_pair(build())
+        inputs = arrange(pair, train, what="training data")[0]
+        args, kwargs = inputs.head(batch_size)
+        program = analyse(pair.model, pair.guide, args, kwargs, data_plate=data_plate, module=pair,
+                          trusted=own_model(pair), check_vectorize=False)
+        for spec in specs:
+            elbo = make_objective(spec)
+            configure(elbo, program)
+            try:
+                check_objective(elbo, pair, program, args, kwargs)
+            except ValueError as e:
+                raise ValueError(f"objective {spec!r}: {e}") from None
+
+
 def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int = 10, batch_size: int = 100,
             lr: float = 1e-3, seed: int = 0, device=None, eval_k: int = 5000, run_dir="runs/compare",
-            progress: bool = True) -> dict:
+            progress: bool = True, data_plate: str | None = None) -> dict:
     """Train ``model`` under each objective with identical seeds, data and budget; evaluate each.
 
     Args:
         model: a config dict for :class:`pvae.VAE` (e.g. ``{"latent_dim": 50}``), or a function
             returning a fresh model (called after seeding, so every run starts from the same weights).
-        objectives: names or specs (see :func:`pvae.objective`).
+        objectives: names or specs (see :func:`pvae.objective`); every one is checked against the
+            model before any is trained.
+        data_plate: the plate over datapoints of a program of your own (None: found by tracing).
+
+    Each objective runs in a fresh scope of Pyro's param store, so ``pyro.param`` parameters of
+    a program of your own start from their initial values every time, like the module's.
     Returns ``{"rows": [...], "runs": {spec: {"history": History, "eval": dict, "model": module}}}``
     and writes ``compare.md``, ``compare.csv``, ``compare.json`` and figures into ``run_dir``.
     """
@@ -60,18 +88,22 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
     specs = list(objectives)
     for spec in specs:  # fail before any training on a bad spec
         make_objective(spec)
+    if int(eval_k) != eval_k or eval_k < 1:
+        raise ValueError(f"eval_k must be an integer >= 1, got {eval_k}")
     build = model if callable(model) else (lambda: VAE(**model))
+    check_all(build, train, specs, seed=seed, batch_size=batch_size, data_plate=data_plate)
     run_dir = Path(run_dir)
     rows, runs = [], {}
     for spec in specs:
         torch.manual_seed(seed)
-        m = build()
-        t0 = time.perf_counter()
-        h = fit(m, train, objective=spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                test=test, run_dir=run_dir / _slug(spec), progress=progress)
-        train_seconds = sum(r["seconds"] for r in h) if h else time.perf_counter() - t0
-        torch.manual_seed(seed)
-        res = evaluate(h.model, test, k=eval_k, progress=progress)
+        with pyro.get_param_store().scope():
+            m = build()
+            t0 = time.perf_counter()
+            h = fit(m, train, objective=spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                    test=test, run_dir=run_dir / _slug(spec), progress=progress, data_plate=data_plate)
+            train_seconds = sum(r["seconds"] for r in h) if h else time.perf_counter() - t0
+            torch.manual_seed(seed)
+            res = evaluate(h.model, test, k=eval_k, progress=progress, data_plate=data_plate)
         s = res["summary"]
         row = {"objective": spec, "k": make_objective(spec).num_particles, "train_seconds": train_seconds,
                **{key: s.get(key, float("nan")) for key, _ in COLUMNS[3:]}}

@@ -231,15 +231,38 @@ def terms_from_traces(model_trace, guide_trace, num_particles: int, max_plate_ne
                          f"{dict(sizes)}")
     ref = next((p[0] for p in parts.values() if p), None)
     zero = (ref.new_zeros(()) if ref is not None else torch.zeros(())).expand(k, batch)
+    order = _subsample_order(guide_trace, model_trace, data_plate, batch)
 
     def total(lps):
-        return sum(lps[1:], lps[0]).expand(k, batch) if lps else zero
+        t = sum(lps[1:], lps[0]).expand(k, batch) if lps else zero
+        return t if order is None else t[:, order]
 
     def one(scales):
         return scales.pop() if len(scales) == 1 and None not in scales else (1.0 if not scales else None)
 
     return LogWeightTerms(total(parts["px"]), total(parts["pz"]), total(parts["qz"]),
                           one(latent_scales), one(obs_scales))
+
+
+def _subsample_order(guide_trace, model_trace, data_plate: str, batch: int):
+    """Where the program subsamples its data plate itself (``subsample_size=``, ``subsample=``),
+    the permutation that puts the per-datapoint terms back in the order of the data; an error
+    when the subsample leaves datapoints out (a per-datapoint result must score each once)."""
+    site = next((tr.nodes[data_plate] for tr in (guide_trace, model_trace)
+                 if data_plate in tr.nodes and site_is_subsample(tr.nodes[data_plate])), None)
+    if site is None:
+        return None
+    ind = site["value"]
+    full = site["fn"].size if hasattr(site["fn"], "size") else None
+    if ind is None or ind.dim() != 1 or ind.numel() != batch:
+        return None
+    if full is not None and full != batch:
+        raise ValueError(f"the program subsamples plate {data_plate!r} itself ({batch} of {full} datapoints a "
+                         "call): per-datapoint bounds and log p(x) need every datapoint of a batch scored once; "
+                         f"give pvae the batches (batch_size=...) and let the plate run over all of them")
+    if torch.equal(ind, torch.arange(batch, device=ind.device)):
+        return None
+    return torch.argsort(ind)
 
 
 def vectorized_traces(model, guide, *args, num_particles: int, max_plate_nesting: int, fixed=None, **kwargs):
@@ -329,13 +352,14 @@ def _same_one_at_a_time(model, guide, args, kwargs, program: Program, module=Non
         module.eval()
     try:
         mt, gt = vectorized_traces(model, guide, *args, num_particles=2, max_plate_nesting=program.nesting, **kwargs)
-        vec = terms_from_traces(mt, gt, 2, program.nesting, program.data_plate).log_weights
+        skip = program.global_sites
+        vec = terms_from_traces(mt, gt, 2, program.nesting, program.data_plate, skip).log_weights
         for i in range(2):
             one = poutine.Trace()
             for name, site in latent_sites(gt):
                 one.add_node(name, **dict(site, value=_particle(site["value"], site, i, 2, program.nesting)))
             seq = terms_from_traces(*single_traces(model, guide, *args, fixed=one, **kwargs), 1, program.nesting,
-                                    program.data_plate, particle=False).log_weights[0]
+                                    program.data_plate, skip, particle=False).log_weights[0]
             if seq.shape != vec[i].shape or not bool(((seq - vec[i]).abs() <= 1e-3 * (1 + seq.abs())).all()):
                 return False
         return True
@@ -387,7 +411,7 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
                 with torch.random.fork_rng(devices=cuda):
                     mt, gt = vectorized_traces(model, guide, *args, num_particles=2, max_plate_nesting=nesting,
                                                **kwargs)
-                    terms_from_traces(mt, gt, 2, nesting, plate)
+                    terms_from_traces(mt, gt, 2, nesting, plate, tuple(global_sites))
                     if not _same_one_at_a_time(model, guide, args, kwargs, program, module):
                         reason = "a vectorized draw gives other log-weights than one particle at a time"
         except Exception as e:  # the user's nets cannot take a particle dim

@@ -27,6 +27,7 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT, load_checkpoint, restore_store_params, save_checkpoint, write_text
+from .data import binarize as binarize_x
 from .handlers import scale_latents
 from .inputs import Inputs, arrange, own_model
 from .nets import accelerate
@@ -274,16 +275,18 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     pyro.set_rng_seed(seed + ctx.rank)  # particles: one stream per rank
     shuffle = torch.Generator().manual_seed(seed)  # data order: the same on every rank
     pair.to(device)
-    first_args, first_kwargs = inputs.head(batch_size)
+    first = inputs.x[:batch_size]  # the first batch as training sees it (one fixed binarization)
+    first_args, first_kwargs = inputs.take(slice(0, batch_size), x=binarize_x(first, "static")
+                                           if binarize == "dynamic" else first)
     with pyro.validation_enabled(validate):
         program = analyse(pair.model, pair.guide, first_args, first_kwargs, data_plate=data_plate, module=pair,
                           trusted=own_model(pair))
         extra = store_params(pair, first_args, first_kwargs)
-    params = [p for p in pair.parameters() if p.requires_grad] + list(extra.values())
-    if not params:
-        raise ValueError("the model has no trainable parameters: pass modules=... holding the nets "
-                         "that the model and guide use (or register them with pyro.module / pyro.param)")
-    missed = untrained_leaves(pair, params, first_args, first_kwargs)
+        params = [p for p in pair.parameters() if p.requires_grad] + list(extra.values())
+        if not params:
+            raise ValueError("the model has no trainable parameters: pass modules=... holding the nets "
+                             "that the model and guide use (or register them with pyro.module / pyro.param)")
+        missed = untrained_leaves(pair, params, first_args, first_kwargs)
     if missed:
         raise ValueError(f"the loss depends on {len(missed)} tensor(s) that would not be trained ({missed[0]}, ...): "
                          "pass the modules holding them as modules=..., or register them with pyro.module / pyro.param")
@@ -353,6 +356,6 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         torch.distributed.barrier()  # rank 0 has written its checkpoint before anyone returns
     pair.eval()
     history.model, history.run_dir = pair, run_dir
-    history.program, history.notes = program, program.notes + program.eval_notes()
+    history.program, history.notes = program, program.eval_notes()
     pair._pvae_program = program  # the evaluator reuses what this analysis found
     return history
