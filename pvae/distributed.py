@@ -61,8 +61,8 @@ class Objective(nn.Module):
         super().__init__()
         self.pair, self.elbo, self.scale = pair, elbo, scale
 
-    def forward(self, *args):
-        return self.scale * self.elbo.differentiable_loss(self.pair.model, self.pair.guide, *args)
+    def forward(self, *args, **kwargs):
+        return self.scale * self.elbo.differentiable_loss(self.pair.model, self.pair.guide, *args, **kwargs)
 
 
 def wrap(pair: nn.Module, elbo, ctx: Context, device: torch.device):

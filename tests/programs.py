@@ -87,11 +87,13 @@ class BatchNormVAE(nn.Module):
         self.z_dim = z_dim
 
     def model(self, x):
+        pyro.module("bn_vae", self)
         with pyro.plate("batch", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self.dec(z)).to_event(1), obs=x)
 
     def guide(self, x):
+        pyro.module("bn_vae", self)
         loc, log_scale = self.enc(x).chunk(2, -1)
         with pyro.plate("batch", x.shape[0]):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
@@ -234,6 +236,7 @@ class LinearGaussian(nn.Module):
         self.sigma, self.x_dim, self.z_dim, self.plate = sigma, x_dim, z_dim, plate
         self.split, self.how, self.factor, self.global_sigma = split, how, factor, global_sigma
         self.scale, self.scale_guide, self.subsample = scale, scale_guide, subsample
+        self.log_sigma_q = nn.Parameter(torch.tensor(0.0))  # a guide parameter: widens q by exp(.)
 
     def _v(self, x, a, b):
         return x if self.split is None else torch.cat([x, a, b], -1)
@@ -254,6 +257,7 @@ class LinearGaussian(nn.Module):
         return pyro.sample("sigma", dist.LogNormal(math.log(self.sigma), 0.1))
 
     def model(self, x, a=None, b=None, m=None):
+        pyro.module("linear_gaussian", self)
         v = self._v(x, a, b)
         n = v.shape[0]
         sigma = self._sigma()
@@ -279,23 +283,27 @@ class LinearGaussian(nn.Module):
         return z
 
     def posterior(self, v, m, sigma):
-        """The exact posterior N(mean_i, S_i) of each datapoint given its observed entries."""
+        """The exact posterior N(mean_i, S_i) of each datapoint given its observed entries (and
+        sigma: a scalar, or one per particle of shape (k, 1, 1))."""
         m = m.to(v.dtype)
-        prec = torch.eye(self.z_dim) + torch.einsum("dj,nd,dk->njk", self.W, m, self.W) / sigma ** 2
-        S = torch.linalg.inv(prec)
-        mean = torch.einsum("njk,dk,nd->nj", S, self.W, m * (v - self.c)) / sigma ** 2
+        s2 = (sigma ** 2).reshape(sigma.shape[:-2] + (1, 1, 1)) if sigma.dim() else sigma ** 2
+        S = torch.linalg.inv(torch.eye(self.z_dim) + torch.einsum("dj,nd,dk->njk", self.W, m, self.W) / s2)
+        mean = (S @ (self.W.T @ (m * (v - self.c)).unsqueeze(-1))).squeeze(-1) / (s2.squeeze(-1) if s2.dim() else s2)
         return mean, S
 
     def guide(self, x, a=None, b=None, m=None):
+        pyro.module("linear_gaussian", self)
         v = self._v(x, a, b)
         n = v.shape[0]
-        if self.global_sigma:
+        sigma = torch.tensor(self.sigma)
+        if self.global_sigma:  # q(sigma) q(z | x, sigma): z's posterior is exact given sigma
             loc = pyro.param("sigma_loc", torch.tensor(math.log(self.sigma)))
-            pyro.sample("sigma", dist.LogNormal(loc, pyro.param("sigma_scale", torch.tensor(0.05),
-                                                               constraint=constraints.positive)))
+            sigma = pyro.sample("sigma", dist.LogNormal(loc, pyro.param("sigma_scale", torch.tensor(0.05),
+                                                                       constraint=constraints.positive)))
         mask = torch.ones_like(v, dtype=torch.bool) if m is None else m
         with self._plate(n) as ind:
-            mean, S = self.posterior(v[ind], mask[ind], torch.tensor(self.sigma))
+            mean, S = self.posterior(v[ind], mask[ind], sigma)
+            S = S * torch.exp(2 * self.log_sigma_q)
             with self._scaled(guide=True):
                 pyro.sample("z", dist.MultivariateNormal(mean.unsqueeze(-2), covariance_matrix=S.unsqueeze(-3)))
 
