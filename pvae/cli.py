@@ -82,11 +82,13 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
     point_mass = getattr(model, "point_mass", False)
     semi = getattr(model, "missing_labels", False)
     labels = torch.full((len(test),), -1) if semi else None
-    res = evaluate(model, test, k=1 if point_mass else k, progress=progress, khat=not point_mass, labels=labels)
+    res = evaluate(model, test, k=1 if point_mass else k, progress=progress, khat=not point_mass, labels=labels,
+                   data_plate=getattr(model, "_pvae_data_plate", None))
     s = dict(res["summary"], eval_seconds=time.perf_counter() - t0)
     if point_mass:
         s = {key: v for key, v in s.items() if key not in ("log_px", "elbo", "kl", "ess")}
-    x = test.eval_x().reshape((len(test),) + tuple(model.x_shape))
+    x = test.eval_x()
+    x = x.reshape((len(test),) + tuple(model.x_shape)) if hasattr(model, "x_shape") else x
     if semi:
         s["accuracy"] = model.accuracy(x, test.y)
     if hasattr(model, "reconstruct") and not (getattr(model, "needs_labels", False) and not semi):
@@ -144,10 +146,19 @@ MODEL_CHOICES = {
 }
 
 
+def own_program(args) -> bool:
+    """Whether ``--model`` names a program of the user's own (FILE.py:NAME or module:NAME)."""
+    return args.model not in MODEL_CHOICES
+
+
 def build_model(args, x_shape, num_classes: int = 10):
     from . import models
     from .presets import PRESETS, preset
 
+    if own_program(args):
+        from .pair import load_program
+
+        return load_program(args.model)
     options = dict(rank=args.rank, flow_steps=args.flow_steps)
     if args.preset:
         if args.preset not in PRESETS:
@@ -197,7 +208,9 @@ def training_data(args, train):
 
 
 def default_objective(args):
-    return args.objective if args.objective is not None else MODEL_CHOICES[args.model][1]
+    if args.objective is not None:
+        return args.objective
+    return MODEL_CHOICES[args.model][1] if not own_program(args) else "elbo"
 
 
 def _num_classes(data) -> int:
@@ -210,7 +223,7 @@ def cmd_train(args):
 
     train, test = load_split(args, "train"), load_split(args, "test")
     model = build_model(args, train.x.shape[1:], _num_classes(train))
-    if args.resume:
+    if args.resume and not own_program(args):
         from .checkpoint import load
 
         model = load(args.resume)
@@ -218,8 +231,11 @@ def cmd_train(args):
     h = fit(model, training_data(args, train), objective=default_objective(args), k=args.k, alpha=args.alpha, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, test=test,
             warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume, progress=not args.quiet,
-            precision=args.precision, compile=args.compile, clip_grad=args.clip_grad)
+            precision=args.precision, compile=args.compile, clip_grad=args.clip_grad,
+            data_plate=getattr(args, "data_plate", None))
     data = {k: getattr(args, k) for k in ("dataset", "data_dir", "binarize", "n_test")}
+    if own_program(args):  # how `pvae eval` rebuilds it
+        data.update(program=args.model, data_plate=h.program.data_plate)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun: rank 0 evaluates and writes the run's files
     write_text(run_dir / "data.json", json.dumps(data, indent=1))
@@ -234,7 +250,15 @@ def _open_run(args):
     from .checkpoint import load
 
     run_dir = Path(args.run)
-    return (run_dir if run_dir.is_dir() else run_dir.parent), load(args.run, map_location=args.device)
+    run_dir = run_dir if run_dir.is_dir() else run_dir.parent
+    saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
+    if saved.get("program"):  # a program of the user's own: rebuilt from its spec, then loaded
+        from .pair import load_program
+
+        model = load(args.run, model=load_program(saved["program"]), map_location=args.device)
+        model._pvae_data_plate = saved.get("data_plate")
+        return run_dir, model
+    return run_dir, load(args.run, map_location=args.device)
 
 
 def _run_data(run_dir: Path, args):
@@ -283,7 +307,7 @@ def cmd_compare(args):
 
     out = compare(model, training_data(args, train), test, args.objectives, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   seed=args.seed, device=args.device, eval_k=args.eval_k, run_dir=args.run_dir,
-                  progress=not args.quiet)
+                  progress=not args.quiet, data_plate=args.data_plate)
     print(out["table"])
     print(f"run folder: {args.run_dir}")
 
@@ -384,9 +408,20 @@ def _add_common(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _model_choice(value: str) -> str:
+    if value in MODEL_CHOICES or ":" in value:
+        return value
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(MODEL_CHOICES)}, or "
+                                     "FILE.py:NAME / module:NAME for a model/guide pair of your own)")
+
+
 def _add_model_args(p):
-    p.add_argument("--model", choices=list(MODEL_CHOICES), default="vae",
-                   help="the variant: " + "; ".join(f"{k}: {v[0]}" for k, v in MODEL_CHOICES.items()))
+    p.add_argument("--model", type=_model_choice, default="vae", metavar="MODEL",
+                   help="the variant: " + "; ".join(f"{k}: {v[0]}" for k, v in MODEL_CHOICES.items())
+                   + "; or FILE.py:NAME / module:NAME, a model/guide pair of your own (an nn.Module class with "
+                   ".model/.guide, built with no arguments)")
+    p.add_argument("--data-plate", default=None, metavar="NAME",
+                   help="your own program: the plate over datapoints (default: found by tracing it once)")
     p.add_argument("--preset", default=None, help="the IWAE paper's nets: iwae-1layer or iwae-2layer (a "
                    "two-layer HierarchicalVAE); replaces the size arguments")
     p.add_argument("--inference", choices=("bottom-up", "ladder"), default="bottom-up",

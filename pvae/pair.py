@@ -78,3 +78,39 @@ def batch_args(x, y, start: int, stop: int, device=None) -> tuple:
     if y is None:
         return (xb,)
     return xb, (y[start:stop].to(device) if device is not None else y[start:stop])
+
+
+def load_program(spec: str) -> nn.Module:
+    """A model/guide pair of your own from ``"path/to/file.py:Name"`` or ``"package.module:Name"``:
+    ``Name`` is an ``nn.Module`` class with ``.model``/``.guide`` (built with no arguments), or a
+    function returning such a module. The CLI's ``--model`` takes these."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ValueError(f"--model {spec!r}: write FILE.py:NAME or module:NAME for a program of your own")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise FileNotFoundError(f"--model {spec!r}: no such file {path}")
+        mod_name = f"_pvae_program_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ValueError(f"--model {spec!r}: cannot import {where}: {e}") from None
+    if not hasattr(module, name):
+        raise ValueError(f"--model {spec!r}: {where} has no {name}")
+    obj = getattr(module, name)()
+    return as_pair(obj)

@@ -380,3 +380,24 @@ def test_compare_runs_users_programs_with_fresh_store_parameters(tmp_path):
     assert [r["objective"] for r in out["rows"]] == ["elbo", "iwae:k=2"]
     assert all(r["log_px"] < 0 for r in out["rows"])
     assert (tmp_path / "compare.md").exists()
+
+
+def test_cli_trains_evaluates_and_compares_a_program_of_your_own(tmp_path, capsys):
+    from pathlib import Path
+
+    from pvae.cli import main
+
+    spec = f"{Path(P.__file__)}:ExampleVAE"
+    common = ["--binarize", "static", "--n-train", "200", "--n-test", "30", "--epochs", "1", "--quiet"]
+    assert main(["train", "--model", spec, "--data-plate", "data", "--eval-k", "10",
+                 "--run-dir", str(tmp_path / "run"), *common]) == 0
+    saved = (tmp_path / "run" / "data.json").read_text()
+    assert '"program"' in saved and '"data_plate": "data"' in saved
+    first = (tmp_path / "run" / "results.json").read_text()
+    assert main(["eval", str(tmp_path / "run"), "--k", "10", "--quiet"]) == 0
+    assert '"log_px"' in first and '"log_px"' in (tmp_path / "run" / "results.json").read_text()
+    assert main(["compare", "--model", spec, "--objectives", "elbo", "iwae:k=2", "--eval-k", "5",
+                 "--run-dir", str(tmp_path / "cmp"), *common]) == 0
+    assert (tmp_path / "cmp" / "compare.md").exists()
+    assert main(["train", "--model", spec, "--data-plate", "cells", "--run-dir", str(tmp_path / "bad"), *common]) == 2
+    assert "data_plate='cells'" in capsys.readouterr().err
