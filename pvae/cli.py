@@ -124,6 +124,7 @@ def results_table(s: dict) -> str:
         if key in s:
             v = s[key]
             lines.append(f"| {label} | {v if isinstance(v, int) else f'{v:.3f}'} |")
+    lines += [f"\nNote: {note}." for note in s.get("notes", [])]
     return "\n".join(lines)
 
 

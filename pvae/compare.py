@@ -114,8 +114,10 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
             print(f"{spec}: test log p(x) {row['log_px']:.2f}, ELBO {row['elbo']:.2f}, "
                   f"{row['active_units']} active units, {train_seconds:.0f} s")
     table = markdown_table(rows)
+    notes = list(dict.fromkeys(n for r in runs.values() for n in r["eval"]["summary"].get("notes", [])))
+    noted = "".join(f"Note: {n}.\n" for n in notes)
     write_text(run_dir / "compare.md", f"# Objectives compared\n\n{len(rows)} objectives, {epochs} epochs each, "
-               f"batch {batch_size}, lr {lr}, seed {seed}; test log p(x) with k = {eval_k}.\n\n{table}\n\n"
+               f"batch {batch_size}, lr {lr}, seed {seed}; test log p(x) with k = {eval_k}.\n\n{table}\n\n{noted}\n"
                "![learning curves](learning_curves.png)\n![log p(x)](log_px.png)\n![k-hat](khat.png)\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=[key for key, _ in COLUMNS])
@@ -129,4 +131,4 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
     if all("khat" in r["eval"] for r in runs.values()):
         plots.per_objective({s: r["eval"]["khat"] for s, r in runs.items()}, "PSIS k-hat per datapoint",
                             path=run_dir / "khat.png", hline=0.7)
-    return {"rows": rows, "runs": runs, "table": table}
+    return {"rows": rows, "runs": runs, "table": table, "notes": notes}

@@ -7,7 +7,8 @@ The convention (the same in :func:`pvae.fit`, the evaluator, :func:`pvae.compare
   member passed positionally, one row per datapoint (labels, one-hot vectors, images, any
   tensor: which of them the program observes is its own business);
 - a dict ``{"x": x, "y": y}``: ``model(x=x, y=y)`` by keyword, the first entry taken as the
-  data x (binarized, shape-checked);
+  data x (binarized, shape-checked); an ``.npz`` file with arrays besides ``x`` and ``y`` is
+  read the same way (``x`` first, every array by its name);
 - the class labels a :class:`~pvae.data.Data` carries (or ``labels=``) go to a user's program as
   its second argument when it takes one (``model(xs, ys=None)``), and to pvae's conditional
   models (``needs_labels``) checked as integers or one-hot rows.
@@ -18,6 +19,7 @@ A member that no argument of the model takes is an error naming it, never silent
 from __future__ import annotations
 
 import inspect
+import os
 
 import numpy as np
 import torch
@@ -79,6 +81,11 @@ def members(data, labels=None):
     """``(x, extra positional, extra keyword, x_key, binarize mode, class labels)`` of any data a
     user passes; class labels are the ones a :class:`Data` carries (or ``labels=``), the extras
     are members the user put next to x explicitly."""
+    if isinstance(data, (str, os.PathLike)) and str(data).endswith(".npz") and os.path.isfile(data):
+        with np.load(data, allow_pickle=False) as z:
+            arrays = dict(z)
+        if "x" in arrays and set(arrays) - {"x", "y"}:  # several arrays: keywords, named as in the file
+            return members({"x": arrays.pop("x"), **arrays}, labels)
     if isinstance(data, dict):
         if not data:
             raise ValueError("the data dict is empty")

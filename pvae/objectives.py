@@ -110,12 +110,14 @@ class ImportanceWeightedELBO(ELBO):
         """``(L, s)``: the bound L_b of each datapoint (shape ``(batch,)``) and the outer scale s."""
         program = self._program(model, guide, args, kwargs)
         try:
-            t = log_weight_terms(model, guide, *args, num_particles=self.num_particles, program=program, **kwargs)
+            t = log_weight_terms(model, guide, *args, num_particles=self.num_particles, program=program,
+                                 complete=False, **kwargs)
         except Exception as e:  # noqa: BLE001 - first use outside pvae.fit: nets that take no particle dim
             if program.checked or not program.vectorize:
                 raise
             go_sequential(program, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            t = log_weight_terms(model, guide, *args, num_particles=self.num_particles, program=program, **kwargs)
+            t = log_weight_terms(model, guide, *args, num_particles=self.num_particles, program=program,
+                                 complete=False, **kwargs)
         program.checked = True
         latent_scale, obs_scale = self._scales(t)
         beta = latent_scale / obs_scale
@@ -272,7 +274,7 @@ class _SurrogateELBO(ImportanceWeightedELBO):
                 for name, site in latent_sites(guide_trace):
                     fixed.nodes[name] = dict(site, value=site["value"].detach())
                 direct_trace = poutine.trace(poutine.replay(guide, trace=fixed)).get_trace(*args, **kwargs)
-        t = terms_from_traces(model_trace, guide_sg_trace, k, nesting, plate)
+        t = terms_from_traces(model_trace, guide_sg_trace, k, nesting, plate, complete=False)
         latent_scale, obs_scale = self._scales(t)
         beta = latent_scale / obs_scale
         log_w = t.log_px_z + beta * (t.log_pz - t.log_qz)
@@ -409,12 +411,20 @@ def check_objective(elbo: ELBO, pair, program: Program, args=(), kwargs=None) ->
     """Every guard pvae keeps for an objective on a program, run once before any training step
     (Pyro's own guards vanish with validation off)."""
     kwargs = kwargs or {}
+    unmatched = [n for n in program.prior_sites if not n.endswith("_unobserved")]  # obs_mask's are by design
+    if unmatched:
+        raise ValueError(f"latent site {unmatched[0]!r} of the model has no match in the guide (does its pyro.sample "
+                         "lack obs=?): it would be drawn from its prior and never inferred; observe it or add it to "
+                         "the guide")
+    if program.guide_only:
+        raise ValueError(f"the guide samples {program.guide_only[0]!r}, which the model does not: every latent "
+                         "site of the guide must be a site of the model")
     check_mean_field(elbo, pair, *args, **kwargs)
     check_importance_weighted(elbo, program)
     if isinstance(elbo, ImportanceWeightedELBO):
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
         with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
-            elbo._scales(log_weight_terms(pair.model, pair.guide, *args, program=program, **kwargs))
+            elbo._scales(log_weight_terms(pair.model, pair.guide, *args, program=program, complete=False, **kwargs))
     if isinstance(elbo, TraceEnum_ELBO) and not program.enumerated:
         warnings.warn("enum-elbo (TraceEnum_ELBO) on a program with no site marked for enumeration "
                       "(infer={'enumerate': 'parallel'} or config_enumerate) is the plain ELBO", stacklevel=3)

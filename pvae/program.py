@@ -37,11 +37,17 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 PARTICLES = "_pvae_particles"
+
+
+class ParticleShapeError(ValueError):
+    """Log-densities whose shapes do not fit the plates: in a vectorized pass, the sign of nets
+    that fold the particle dim into the batch (then pvae goes sequential)."""
 
 
 class LogWeightTerms(NamedTuple):
@@ -75,6 +81,8 @@ class Program:
     global_sites: tuple = ()
     scaled_sites: tuple = ()
     prior_sites: tuple = ()
+    guide_only: tuple = ()
+    auxiliary: tuple = ()
     enumerated: bool = False
     not_reparameterized: tuple = ()
     notes: list = field(default_factory=list)
@@ -83,8 +91,9 @@ class Program:
     def eval_notes(self) -> list:
         """What every evaluation result of this program should say about how it was computed."""
         out = []
-        if self.global_sites:
-            out.append(f"global latents {list(self.global_sites)} fixed at their guide mean for per-datapoint "
+        shown = [n for n in self.global_sites if n not in self.auxiliary]
+        if shown:
+            out.append(f"global latents {shown} fixed at their guide mean for per-datapoint "
                        "evaluation (log p(x | global point estimate))")
         if self.scaled_sites:
             out.append(f"training scales on {list(self.scaled_sites)} ignored for evaluation")
@@ -179,7 +188,7 @@ def _per_datapoint(site, num_dims: int, data_plate: str, particle: bool = True) 
         lp = torch.where(torch.as_tensor(mask, device=lp.device), lp, lp.new_zeros(()))
     dims = num_dims if particle else num_dims - 1
     if lp.dim() > dims:
-        raise ValueError(
+        raise ParticleShapeError(
             f"site {site['name']!r} has batch shape {tuple(lp.shape)}, more dims than its plates"
             f"{' and the particle dim' if particle else ''} ({dims}): declare per-datapoint dims with .to_event(...)")
     lp = lp.reshape((1,) * (dims - lp.dim()) + tuple(lp.shape))
@@ -200,7 +209,7 @@ def _scale_value(site):
 
 
 def terms_from_traces(model_trace, guide_trace, num_particles: int, max_plate_nesting: int,
-                      data_plate: str, skip=(), particle: bool = True) -> LogWeightTerms:
+                      data_plate: str, skip=(), particle: bool = True, complete: bool = True) -> LogWeightTerms:
     """Per-datapoint log p(x|z), log p(z), log q(z|x) (each ``(k, batch)``) from a model trace
     replayed against a guide trace; sites in ``skip`` (global latents held fixed) count nothing,
     and a latent of the model that the guide lacks was drawn from its prior and cancels."""
@@ -227,11 +236,11 @@ def terms_from_traces(model_trace, guide_trace, num_particles: int, max_plate_ne
     batch = max(sizes.values(), default=1)
     wrong = {n: b for n, b in sizes.items() if b not in (1, batch)}
     if wrong:
-        raise ValueError(f"sites disagree on the number of datapoints along plate {data_plate!r}: "
+        raise ParticleShapeError(f"sites disagree on the number of datapoints along plate {data_plate!r}: "
                          f"{dict(sizes)}")
     ref = next((p[0] for p in parts.values() if p), None)
     zero = (ref.new_zeros(()) if ref is not None else torch.zeros(())).expand(k, batch)
-    order = _subsample_order(guide_trace, model_trace, data_plate, batch)
+    order = _subsample_order(guide_trace, model_trace, data_plate, batch, complete)
 
     def total(lps):
         t = sum(lps[1:], lps[0]).expand(k, batch) if lps else zero
@@ -244,7 +253,7 @@ def terms_from_traces(model_trace, guide_trace, num_particles: int, max_plate_ne
                           one(latent_scales), one(obs_scales))
 
 
-def _subsample_order(guide_trace, model_trace, data_plate: str, batch: int):
+def _subsample_order(guide_trace, model_trace, data_plate: str, batch: int, complete: bool = True):
     """Where the program subsamples its data plate itself (``subsample_size=``, ``subsample=``),
     the permutation that puts the per-datapoint terms back in the order of the data; an error
     when the subsample leaves datapoints out (a per-datapoint result must score each once)."""
@@ -257,6 +266,8 @@ def _subsample_order(guide_trace, model_trace, data_plate: str, batch: int):
     if ind is None or ind.dim() != 1 or ind.numel() != batch:
         return None
     if full is not None and full != batch:
+        if not complete:  # training: a subsample is what the program asks for (its plate scales it)
+            return None
         raise ValueError(f"the program subsamples plate {data_plate!r} itself ({batch} of {full} datapoints a "
                          "call): per-datapoint bounds and log p(x) need every datapoint of a batch scored once; "
                          f"give pvae the batches (batch_size=...) and let the plate run over all of them")
@@ -287,7 +298,7 @@ def single_traces(model, guide, *args, fixed=None, **kwargs):
 
 def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None,
                      data_plate: str | None = None, program: Program | None = None, fixed=None,
-                     **kwargs) -> LogWeightTerms:
+                     complete: bool = True, **kwargs) -> LogWeightTerms:
     """Draw ``num_particles`` z ~ q(z|x) and return per-datapoint log p(x|z), log p(z) and
     log q(z|x), each of shape ``(num_particles, batch)``.
 
@@ -295,7 +306,9 @@ def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nest
     vectorized pass, or one trace each where the program's nets cannot take a particle dim
     (``program.vectorize``; :func:`analyse` finds out). The draws are reparameterized where the
     guide's distributions allow it, so the result is differentiable. ``fixed``: a trace of
-    global latents held at point values (see :func:`fix_globals`).
+    global latents held at point values (see :func:`fix_globals`). ``complete``: every datapoint
+    of the batch must be scored (evaluation); False allows a program that subsamples its data
+    plate itself (training).
     """
     if program is None:
         program = analyse(model, guide, args, kwargs, data_plate=data_plate, check_vectorize=False)
@@ -306,9 +319,9 @@ def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nest
     if program.vectorize:
         mt, gt = vectorized_traces(model, guide, *args, num_particles=k, max_plate_nesting=nesting, fixed=fixed,
                                    **kwargs)
-        return terms_from_traces(mt, gt, k, nesting, program.data_plate, skip)
+        return terms_from_traces(mt, gt, k, nesting, program.data_plate, skip, complete=complete)
     terms = [terms_from_traces(*single_traces(model, guide, *args, fixed=fixed, **kwargs), 1, nesting,
-                               program.data_plate, skip, particle=False) for _ in range(k)]
+                               program.data_plate, skip, particle=False, complete=complete) for _ in range(k)]
     return LogWeightTerms(*(torch.cat(t, 0) for t in zip(*(t[:3] for t in terms))),
                           terms[0].latent_scale, terms[0].obs_scale)
 
@@ -322,16 +335,22 @@ def fix_globals(guide, program: Program, *args, **kwargs):
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with poutine.block(), torch.random.fork_rng(devices=cuda), torch.no_grad():
         tr = poutine.trace(guide).get_trace(*args, **kwargs)
-        fixed = poutine.Trace()
+        means = poutine.Trace()
         for name in program.global_sites:
             site = tr.nodes[name]
+            if isinstance(site["fn"], dist.Delta):
+                continue  # a function of other sites (an autoguide's constrained value): recomputed below
             try:
                 value = site["fn"].mean
                 if not torch.isfinite(value).all():
                     raise NotImplementedError
             except NotImplementedError:
                 value = site["fn"].sample((1000,)).mean(0)
-            fixed.add_node(name, **dict(site, value=value.to(site["value"].dtype)))
+            means.add_node(name, **dict(site, value=value.to(site["value"].dtype)))
+        tr = poutine.trace(poutine.replay(guide, trace=means)).get_trace(*args, **kwargs)
+        fixed = poutine.Trace()
+        for name in program.global_sites:
+            fixed.add_node(name, **tr.nodes[name])
     return fixed
 
 
@@ -353,13 +372,13 @@ def _same_one_at_a_time(model, guide, args, kwargs, program: Program, module=Non
     try:
         mt, gt = vectorized_traces(model, guide, *args, num_particles=2, max_plate_nesting=program.nesting, **kwargs)
         skip = program.global_sites
-        vec = terms_from_traces(mt, gt, 2, program.nesting, program.data_plate, skip).log_weights
+        vec = terms_from_traces(mt, gt, 2, program.nesting, program.data_plate, skip, complete=False).log_weights
         for i in range(2):
             one = poutine.Trace()
             for name, site in latent_sites(gt):
                 one.add_node(name, **dict(site, value=_particle(site["value"], site, i, 2, program.nesting)))
             seq = terms_from_traces(*single_traces(model, guide, *args, fixed=one, **kwargs), 1, program.nesting,
-                                    program.data_plate, skip, particle=False).log_weights[0]
+                                    program.data_plate, skip, particle=False, complete=False).log_weights[0]
             if seq.shape != vec[i].shape or not bool(((seq - vec[i]).abs() <= 1e-3 * (1 + seq.abs())).all()):
                 return False
         return True
@@ -391,13 +410,17 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
                 if name not in scaled and not _only_subsample_scale(site, plate):
                     scaled.append(name)
     prior_sites = [n for n, s in latent_sites(model_trace) if n not in guide_trace.nodes]
+    guide_only = [n for n, s in latent_sites(guide_trace)
+                  if n not in model_trace.nodes and not s["infer"].get("is_auxiliary")]
     for name, site in latent_sites(guide_trace):
         if not site["fn"].has_rsample:
             not_rep.append(name)
     enumerated = any(s["infer"].get("enumerate") for tr in (model_trace, guide_trace)
                      for s in tr.nodes.values() if s["type"] == "sample")
-    program = Program(plate, nesting, True, tuple(global_sites), tuple(scaled), tuple(prior_sites), enumerated,
-                      tuple(not_rep))
+    program = Program(plate, nesting, vectorize=True, global_sites=tuple(global_sites), scaled_sites=tuple(scaled),
+                      prior_sites=tuple(prior_sites), guide_only=tuple(guide_only), enumerated=enumerated,
+                      not_reparameterized=tuple(not_rep))
+    program.auxiliary = tuple(n for n, s in latent_sites(guide_trace) if s["infer"].get("is_auxiliary"))
     program.checked = check_vectorize or trusted
     unexpected = [n for n in prior_sites if not n.endswith("_unobserved")]
     if unexpected:
@@ -405,17 +428,20 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
                       "their prior (as Pyro's replay does), so q(z|x) does not cover them", stacklevel=3)
     if check_vectorize and not trusted:
         reason = None
-        try:
-            with poutine.block(), torch.no_grad():
-                cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-                with torch.random.fork_rng(devices=cuda):
-                    mt, gt = vectorized_traces(model, guide, *args, num_particles=2, max_plate_nesting=nesting,
-                                               **kwargs)
-                    terms_from_traces(mt, gt, 2, nesting, plate, tuple(global_sites))
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            try:  # everything raised here is raised by the program's own code
+                mt, gt = vectorized_traces(model, guide, *args, num_particles=2, max_plate_nesting=nesting, **kwargs)
+            except Exception as e:  # noqa: BLE001 - nets that cannot take a particle dim
+                mt = None
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            try:
+                if mt is not None:
+                    terms_from_traces(mt, gt, 2, nesting, plate, tuple(global_sites), complete=False)
                     if not _same_one_at_a_time(model, guide, args, kwargs, program, module):
                         reason = "a vectorized draw gives other log-weights than one particle at a time"
-        except Exception as e:  # the user's nets cannot take a particle dim
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            except ParticleShapeError as e:
+                reason = str(e)
         if reason is not None:
             go_sequential(program, reason)
     return program

@@ -328,3 +328,37 @@ class LinearGaussian(nn.Module):
         z = torch.randn(n, self.z_dim, generator=g)
         with torch.no_grad():
             return z @ self.W.T + self.c + self.sigma * torch.randn(n, self.x_dim, generator=g)
+
+
+# -- PyroSample priors on decoder weights (global latents) with an autoguide for them -------------
+
+class BayesianDecoderVAE(nn.Module):
+    """A Bayesian linear decoder (PyroModule + PyroSample: a global latent weight) and an amortized
+    local guide; the weight's guide is Pyro's AutoNormal (auxiliary sites and a Delta)."""
+
+    def __init__(self, x_dim=6, z_dim=2):
+        super().__init__()
+        from pyro.infer.autoguide import AutoNormal
+        from pyro.nn import PyroModule, PyroSample
+
+        self.lin = PyroModule[nn.Linear](z_dim, x_dim)
+        self.lin.weight = PyroSample(dist.Normal(0.0, 1.0).expand([x_dim, z_dim]).to_event(2))
+        self.enc = nn.Linear(x_dim, 2 * z_dim)
+        self.auto = AutoNormal(poutine.block(self.model, hide=["z", "x"]))
+        self.z_dim = z_dim
+        init_(self.enc)
+
+    def model(self, x):
+        data = pyro.plate("data", x.shape[0])
+        with data:
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1))
+        loc = self.lin(z)  # the weight is drawn once, outside the data plate
+        with data:
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        self.auto(x)
+        pyro.module("enc", self.enc)
+        loc, log_scale = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))

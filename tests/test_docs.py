@@ -8,7 +8,8 @@ import pytest
 DOCS = Path(__file__).parent.parent / "docs"
 
 
-@pytest.mark.parametrize("page, blocks", [("custom-model.md", 4), ("hierarchical.md", 2), ("conditional.md", 3)])
+@pytest.mark.parametrize("page, blocks", [("custom-model.md", 4), ("hierarchical.md", 2), ("conditional.md", 3),
+                                         ("own-pyro-program.md", 3)])
 def test_tutorial_runs(page, blocks):
     text = (DOCS / "tutorials" / page).read_text()
     code = re.findall(r"```python\n(.*?)```", text, re.S)

@@ -401,3 +401,60 @@ def test_cli_trains_evaluates_and_compares_a_program_of_your_own(tmp_path, capsy
     assert (tmp_path / "cmp" / "compare.md").exists()
     assert main(["train", "--model", spec, "--data-plate", "cells", "--run-dir", str(tmp_path / "bad"), *common]) == 2
     assert "data_plate='cells'" in capsys.readouterr().err
+
+
+def test_an_npz_with_several_arrays_reaches_the_model_by_keyword(tmp_path):
+    m = P.LinearGaussian(split=True)
+    v = m.sample_v(N)
+    import numpy as np
+
+    np.savez(tmp_path / "views.npz", x=v[:, :2].numpy(), a=v[:, 2:4].numpy(), b=v[:, 4:].numpy())
+    ll = pvae.log_likelihood(m, str(tmp_path / "views.npz"), k=3, progress=False)
+    torch.testing.assert_close(ll, m.exact_log_p(v), atol=1e-4, rtol=0)
+    np.savez(tmp_path / "extra.npz", x=v[:, :2].numpy(), a=v[:, 2:4].numpy(), b=v[:, 4:].numpy(), c=v.numpy())
+    with pytest.raises(ValueError, match=r"data\['c'\] of the evaluation data is taken by no argument of the model"):
+        pvae.log_likelihood(m, str(tmp_path / "extra.npz"), k=3, progress=False)
+
+
+def test_broken_pairs_are_refused_before_training():
+    x = binary(N, 16)
+    m = P.ExampleVAE(x_dim=16, hidden=8)
+
+    def model_without_obs(x):  # the observed site lost its obs=
+        pyro.module("decoder", m.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("latent", dist.Normal(x.new_zeros(x.shape[0], 4), 1.0).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(m.decoder(z)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(m.decoder(z)).to_event(1), obs=x)
+
+    def guide_with_extra(x):
+        m.guide(x)
+        pyro.sample("extra", dist.Normal(0.0, 1.0))
+
+    for objective in ("elbo", "iwae:k=2"):
+        with pytest.raises(ValueError, match="latent site 'obs' of the model has no match in the guide .*obs="):
+            pvae.fit(model_without_obs, x, guide=m.guide, modules=m, objective=objective, epochs=1, progress=False)
+        with pytest.raises(ValueError, match="the guide samples 'extra', which the model does not"):
+            pvae.fit(m.model, x, guide=guide_with_extra, modules=m, objective=objective, epochs=1, progress=False)
+
+
+def test_pyrosample_weights_with_an_autoguide_train_as_svi_and_evaluate_at_the_guide_mean():
+    x = torch.randn(N, 6)
+
+    def build():
+        torch.manual_seed(0)  # nn.Linear's own initialization
+        m = P.BayesianDecoderVAE()
+        with torch.random.fork_rng():
+            m.guide(x[:2])  # the autoguide sets itself up (as it would on SVI's first step)
+        return m
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_same_as_svi(build, x, "elbo", Trace_ELBO(), moved=["store:enc$$$weight"])
+        m = build()
+        h = pvae.fit(m, x, epochs=2, batch_size=8, test=x, progress=False)
+        ev = pvae.evaluate(m, x, k=100, progress=False)
+    assert ev["summary"]["log_px"] >= ev["summary"]["elbo"]
+    assert ev["summary"]["notes"][0].startswith("global latents ['weight'] fixed at their guide mean")
+    with pytest.raises(ValueError, match="outside the data plate 'data' \\(a global latent\\)"):
+        pvae.fit(build(), x, objective="iwae:k=2", epochs=1, progress=False)
