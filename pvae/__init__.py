@@ -7,6 +7,7 @@
 >>> ll = pvae.log_likelihood(m, test, k=5000)                              # doctest: +SKIP
 """
 
+from .ais import bdmc
 from .applications import anomaly_scores, auroc, corrupt, inpaint
 from .checkpoint import load, load_checkpoint, save_checkpoint
 from .compare import compare
@@ -26,7 +27,7 @@ __all__ = [
     "VAE", "HierarchicalVAE", "ConditionalVAE", "StructuredCVAE", "SemiSupervisedVAE", "GumbelSoftmaxVAE", "AE", "VQVAE", "preset", "PRESETS", "PyroVAE", "MODELS", "ModelGuide",
     "fit", "History", "compare", "objective", "ImportanceWeightedELBO", "MultiImportanceWeightedELBO", "CombinationIWAE",
     "DReGIWAE", "StickingTheLandingELBO", "PartialIWAE", "PyroRenyiELBO", "log_weight_terms", "scale_latents",
-    "log_likelihood", "evaluate", "active_units", "posterior_means", "ess", "psis_khat",
+    "log_likelihood", "bdmc", "evaluate", "active_units", "posterior_means", "ess", "psis_khat",
     "anomaly_scores", "auroc", "corrupt", "inpaint",
     "load", "load_checkpoint", "save_checkpoint", "Data", "load_dataset",
 ]

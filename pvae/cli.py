@@ -64,7 +64,7 @@ def _figures(model, test, x, run_dir: Path) -> None:
             plots.traversal(model, x[0], path=run_dir / "traversal.png")
 
 
-def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed: int = 0) -> dict:
+def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed: int = 0, ais=None) -> dict:
     """Evaluate ``model`` on ``test``, draw the figures, write results.json and summary.md.
 
     Point-mass guides (AE, VQ-VAE) have no density to importance-sample with: they are scored by
@@ -86,7 +86,16 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
                    data_plate=getattr(model, "_pvae_data_plate", None))
     s = dict(res["summary"], eval_seconds=time.perf_counter() - t0)
     if point_mass:
-        s = {key: v for key, v in s.items() if key not in ("log_px", "elbo", "kl", "ess")}
+        s = {key: v for key, v in s.items() if key not in ("log_px", "log_px_se", "log_px_mc_se", "elbo", "kl", "ess")}
+    elif ais is not None:  # annealed importance sampling next to importance sampling
+        from .evaluate import log_likelihood, standard_error
+
+        t1 = time.perf_counter()
+        ll = log_likelihood(model, test, method="ais", progress=progress, labels=labels,
+                            data_plate=getattr(model, "_pvae_data_plate", None), **ais)
+        s.update(log_px_ais=float(ll.mean()), log_px_ais_se=standard_error(ll),
+                 ais_minus_is=float((ll - res["log_px"]).mean()), ais_seconds=time.perf_counter() - t1,
+                 ais_steps=ais["steps"], ais_chains=ais["chains"])
     x = test.eval_x()
     x = x.reshape((len(test),) + tuple(model.x_shape)) if hasattr(model, "x_shape") else x
     if semi:
@@ -109,7 +118,12 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
     return s
 
 
-ROWS = [("accuracy", "test accuracy of q(y|x)"), ("log_px", "test log p(x) (nats, importance-sampled)"), ("elbo", "test ELBO"),
+ROWS = [("accuracy", "test accuracy of q(y|x)"), ("log_px", "test log p(x) (nats, importance-sampled)"),
+        ("log_px_se", "  standard error of that mean (over test datapoints)"),
+        ("log_px_mc_se", "  of which Monte Carlo (the sampler's own)"),
+        ("log_px_ais", "test log p(x) by AIS (nats)"), ("log_px_ais_se", "  standard error of that mean"),
+        ("ais_minus_is", "  AIS minus IS, mean per datapoint"), ("ais_steps", "  AIS steps"),
+        ("ais_chains", "  AIS chains"), ("ais_seconds", "  AIS seconds"), ("elbo", "test ELBO"),
         ("recon", "  reconstruction E_q[log p(x|z)]"), ("recon_mse", "reconstruction mean squared error"), ("kl", "  KL(q(z|x) || p(z))"),
         ("active_units", "active units (Cov_x E_q[u] > 0.01)"), ("ess", "importance-sampling ESS"),
         ("khat_median", "PSIS k-hat, median"), ("khat_max", "PSIS k-hat, max"),
@@ -275,8 +289,33 @@ def cmd_eval(args):
     run_dir, model = _open_run(args)
     test = _run_data(run_dir, args)
     hist = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else None
-    s = report(model, test, run_dir, args.k, history=hist, progress=not args.quiet, seed=args.seed)
+    ais = dict(steps=args.steps, chains=args.chains, leapfrog=args.leapfrog) if args.method == "ais" else None
+    s = report(model, test, run_dir, args.k, history=hist, progress=not args.quiet, seed=args.seed, ais=ais)
     print(results_table(s))
+
+
+def cmd_bdmc(args):
+    import torch
+
+    from .ais import bdmc
+    from .checkpoint import write_text
+
+    run_dir, model = _open_run(args)
+    test = _run_data(run_dir, args)
+    data = test.eval_x()[:args.n] if not hasattr(model, "x_shape") else None
+    rows = []
+    for steps in args.steps:
+        r = bdmc(model, n=args.n, steps=steps, chains=args.chains, leapfrog=args.leapfrog, data=data, seed=args.seed,
+                 progress=not args.quiet, data_plate=getattr(model, "_pvae_data_plate", None))
+        rows.append(r["summary"])
+        torch.save({k: r[k] for k in ("lower", "upper", "gap")}, run_dir / f"bdmc_{steps}.pt")
+    write_text(run_dir / "bdmc.json", json.dumps(rows, indent=1))
+    lines = ["| steps | chains | lower (forward AIS) | upper (reverse AIS) | gap | seconds |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['steps']} | {r['chains']} | {r['lower']:.3f} | {r['upper']:.3f} | {r['gap']:.3f} | {r['seconds']:.1f} |"
+              for r in rows]
+    print(f"BDMC on {args.n} datapoints simulated from the model (mean log p(x) bounds, nats):\n")
+    print("\n".join(lines))
+    print(f"wrote {run_dir / 'bdmc.json'}")
 
 
 def cmd_sample(args):
@@ -447,6 +486,15 @@ def _add_model_args(p):
     p.add_argument("--num-codes", type=int, default=64, help="vqvae: codebook size (--latent-dim: code size)")
 
 
+def _add_ais_args(p, many=False):
+    if many:
+        p.add_argument("--steps", type=int, nargs="+", default=[10, 100, 500], help="annealing steps (one run each)")
+    else:
+        p.add_argument("--steps", type=int, default=500, help="AIS annealing steps")
+    p.add_argument("--chains", type=int, default=16, help="AIS chains per datapoint")
+    p.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC transition")
+
+
 def _add_budget_args(p):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=100)
@@ -486,8 +534,21 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder or checkpoint")
     _add_data_args(e, defaults=False)
     e.add_argument("--k", type=int, default=5000, help="importance samples per datapoint")
+    e.add_argument("--method", choices=("is", "ais"), default="is",
+                   help="ais: also annealed importance sampling (HMC transitions), reported next to IS")
+    _add_ais_args(e)
     _add_common(e)
     e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bdmc", formatter_class=_Formatter, help="bidirectional Monte Carlo on simulated data",
+                       description="Simulate --n datapoints from a run's model, run forward AIS (a stochastic lower "
+                       "bound on log p(x)) and reverse AIS from the exact latents (an upper bound) for each --steps "
+                       "value; writes bdmc.json and a table of the gap per number of steps.")
+    b.add_argument("run", help="run folder or checkpoint")
+    b.add_argument("--n", type=int, default=100, help="simulated datapoints")
+    _add_ais_args(b, many=True)
+    _add_common(b)
+    b.set_defaults(func=cmd_bdmc)
 
     s = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a trained model", description="Decode z ~ p(z) to an image grid.")
     s.add_argument("run", help="run folder or checkpoint")

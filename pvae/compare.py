@@ -29,6 +29,7 @@ from .program import analyse
 from .train import fit
 
 COLUMNS = [("objective", "objective"), ("k", "k"), ("train_seconds", "train s"), ("log_px", "test log p(x)"),
+           ("log_px_se", "± s.e."),
            ("elbo", "test ELBO"), ("kl", "KL"), ("active_units", "active units"), ("khat_median", "k-hat median"),
            ("khat_max", "k-hat max"), ("khat_gt_0_7", "share k-hat > 0.7")]
 
@@ -63,6 +64,24 @@ def check_all(build, train, specs, *, seed: int = 0, batch_size: int = 100, data
                 check_objective(elbo, pair, program, args, kwargs)
             except ValueError as e:
                 raise ValueError(f"objective {spec!r}: {e}") from None
+
+
+def differences(runs: dict) -> str:
+    """Each objective's test log p(x) against the first's, paired over the same test datapoints:
+    the mean difference, its standard error, and whether it lies within the evaluator's
+    uncertainty (|difference| < 2 standard errors)."""
+    specs = list(runs)
+    if len(specs) < 2:
+        return ""
+    ref = runs[specs[0]]["eval"]["log_px"].double()
+    lines = [f"Paired differences in test log p(x) against {specs[0]} (same test datapoints):", ""]
+    for spec in specs[1:]:
+        d = runs[spec]["eval"]["log_px"].double() - ref
+        se = float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else float("nan")
+        within = abs(float(d.mean())) < 2 * se
+        lines.append(f"- {spec}: {float(d.mean()):+.3f} ± {se:.3f} nats"
+                     + (" (within the evaluator's uncertainty)" if within else ""))
+    return "\n".join(lines)
 
 
 def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int = 10, batch_size: int = 100,
@@ -114,6 +133,7 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
             print(f"{spec}: test log p(x) {row['log_px']:.2f}, ELBO {row['elbo']:.2f}, "
                   f"{row['active_units']} active units, {train_seconds:.0f} s")
     table = markdown_table(rows)
+    table += "\n\n" + differences(runs)
     notes = list(dict.fromkeys(n for r in runs.values() for n in r["eval"]["summary"].get("notes", [])))
     noted = "".join(f"Note: {n}.\n" for n in notes)
     write_text(run_dir / "compare.md", f"# Objectives compared\n\n{len(rows)} objectives, {epochs} epochs each, "

@@ -98,7 +98,9 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
 
 
 def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100,
-                   device=None, progress: bool = True, labels=None, data_plate: str | None = None) -> torch.Tensor:
+                   device=None, progress: bool = True, labels=None, data_plate: str | None = None,
+                   method: str = "is", steps: int = 500, chains: int = 16, start: str = "guide",
+                   leapfrog: int = 10) -> torch.Tensor:
     """Importance-sampled log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``).
 
     ``model`` is a pvae model or any module with ``.model``/``.guide`` (or a model function with
@@ -106,7 +108,19 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     conditional pair gets the data's labels (or ``labels=``) and estimates log p(x|y); a program
     taking several inputs per datapoint (``(x, a, b)`` data) gets the log-probability of all its
     observed sites. ``data_plate`` names the plate over datapoints (None: found by tracing).
+
+    ``method="ais"``: annealed importance sampling instead (:func:`pvae.ais.ais_log_likelihood`):
+    ``chains`` chains per datapoint, ``steps`` annealing steps of ``leapfrog``-step HMC, starting
+    from the guide (``start="guide"``) or the prior (``"prior"``); ``k`` is then unused.
     """
+    if method == "ais":
+        from .ais import ais_log_likelihood
+
+        return ais_log_likelihood(model, data, steps=steps, chains=chains, start=start, leapfrog=leapfrog,
+                                  guide=guide, modules=modules, batch_size=batch_size, progress=progress,
+                                  labels=labels, data_plate=data_plate)
+    if method != "is":
+        raise ValueError(f"method must be 'is' (importance sampling) or 'ais' (annealed), got {method!r}")
     if int(k) != k or k < 1:
         raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
     out = []
@@ -115,6 +129,22 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
                                                     labels=labels, data_plate=data_plate):
         out.append(torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k))
     return torch.cat(out)
+
+
+def standard_error(values: torch.Tensor) -> float:
+    """The standard error of the mean of per-datapoint values: sd / sqrt(n) (0 for one value)."""
+    n = values.numel()
+    return float(values.double().std() / math.sqrt(n)) if n > 1 else 0.0
+
+
+def mc_standard_error(log_weights: torch.Tensor) -> torch.Tensor:
+    r"""Per datapoint, the delta-method Monte Carlo standard error of the importance-sampled
+    log p(x) = log mean_i w_i from log-weights ``(k, n)``: with r_i = w_i / mean(w),
+    se = sqrt(Var(r) / k), where Var(r) = k sum_i wn_i^2 - 1 for the normalized weights wn."""
+    k = log_weights.shape[0]
+    wn = torch.softmax(log_weights.double(), 0)
+    var = (k * (wn ** 2).sum(0) - 1.0).clamp_min(0.0) * k / max(k - 1, 1)
+    return (var / k).sqrt().float()
 
 
 def ess(log_weights: torch.Tensor) -> torch.Tensor:
@@ -191,9 +221,12 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
              data_plate: str | None = None) -> dict:
     """Everything pvae reports about a trained pair on ``data``, from one set of k draws each.
 
-    Returns per-datapoint tensors (``log_px``, ``elbo``, ``recon``, ``kl``, ``ess``, ``khat``) and
-    a ``summary`` dict of their means, median/max k-hat, the share of k-hat > 0.7 and the
-    number of active units; ``summary["notes"]`` says how the numbers were computed where that
+    Returns per-datapoint tensors (``log_px``, ``log_px_mc_se``: the Monte Carlo standard error of
+    each estimate, ``elbo``, ``recon``, ``kl``, ``ess``, ``khat``, ``unreliable``: k-hat > 0.7)
+    and a ``summary`` dict of their means, ``log_px_se`` (the standard error of the mean over
+    datapoints: the error bar of the reported log p(x)), ``log_px_mc_se`` (the part of it from
+    the importance sampler), median/max k-hat, the share of k-hat > 0.7 and the number of active
+    units; ``summary["notes"]`` says how the numbers were computed where that
     differs from the plain protocol (global latents held at their guide mean, training scales
     left out, sequential particles).
     """
@@ -201,12 +234,13 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
         raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
     k = int(k)
     pair = as_pair(model, guide, modules)
-    cols = {n: [] for n in ("log_px", "elbo", "recon", "kl", "ess", "khat")}
+    cols = {n: [] for n in ("log_px", "log_px_mc_se", "elbo", "recon", "kl", "ess", "khat")}
     for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, k,
                                                     batch_size=batch_size, device=device, progress=progress,
                                                     labels=labels, data_plate=data_plate):
         lw = lpx + lpz - lqz
         cols["log_px"].append(torch.logsumexp(lw, 0) - math.log(k))
+        cols["log_px_mc_se"].append(mc_standard_error(lw))
         cols["elbo"].append(lw.mean(0))
         cols["recon"].append(lpx.mean(0))
         cols["kl"].append((lqz - lpz).mean(0))
@@ -217,8 +251,11 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     s = {"n": int(out["log_px"].shape[0]), "k": k}
     for n in ("log_px", "elbo", "recon", "kl", "ess"):
         s[n] = float(out[n].mean())
+    s["log_px_se"] = standard_error(out["log_px"])
+    s["log_px_mc_se"] = float(out["log_px_mc_se"].double().pow(2).sum().sqrt() / s["n"])
     if "khat" in out:
         kh = out["khat"]
+        out["unreliable"] = kh > 0.7
         s.update(khat_median=float(kh.median()), khat_max=float(kh.max()), khat_gt_0_7=float((kh > 0.7).double().mean()))
     if units:
         s["active_units"] = active_units(pair, data, device=device)["active"]

@@ -1,0 +1,375 @@
+r"""Annealed importance sampling (AIS) and bidirectional Monte Carlo (BDMC) for any model/guide
+pair (Neal 2001; Grosse et al. 2015; Wu et al. 2017, "On the quantitative analysis of
+decoder-based generative models").
+
+For one datapoint x, AIS moves C chains from a normalized start density f_0(z) (the guide
+q(z|x), or the prior p(z) with ``start="prior"``) to the unnormalized posterior f_T(z) = p(x, z)
+along the geometric path
+
+.. math:: \log f_t(z) = \log f_0(z) + \beta_t (\log p(x, z) - \log f_0(z)),
+          \qquad 0 = \beta_0 < \beta_1 < \dots < \beta_T = 1,
+
+with z_0 ~ f_0 and, for t = 1..T, the log-weight increment (:func:`ais`, ``log_w += ...``)
+
+.. math:: \log w \mathrel{+}= (\beta_t - \beta_{t-1}) (\log p(x, z_{t-1}) - \log f_0(z_{t-1})),
+
+followed by an HMC transition z_t ~ T_t(. | z_{t-1}) that leaves f_t invariant (:func:`hmc`).
+E[w] = p(x), so log (1/C) sum_c w_c is a stochastic lower bound on log p(x) (Jensen) that
+tightens as T grows. HMC runs in the unconstrained space of each latent site (u = T^{-1}(z),
+target density f_t(T(u)) |dT/du|), with one step size per datapoint, adapted toward an
+acceptance rate of 0.65, and ``leapfrog`` steps per transition; everything is vectorized over
+(chains, datapoints) through the particle dim of :mod:`pvae.program`.
+
+**BDMC** (:func:`bdmc`): on data simulated from the model, (z*, x) ~ p(z) p(x|z), z* is an exact
+posterior sample. Reverse AIS starts at z* with beta = 1 and anneals down to f_0; its weight has
+expectation 1/p(x), so -log of it is a stochastic **upper** bound. The gap between the forward
+(lower) and reverse (upper) bounds bounds the error of AIS with that schedule on such data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pyro
+import torch
+from pyro import poutine
+from torch.distributions import biject_to
+from tqdm.auto import tqdm
+
+from .program import PARTICLES, Program, _per_datapoint, fix_globals, latent_sites, terms_from_traces
+
+TARGET_ACCEPT = 0.65
+
+
+def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
+    """beta_0 = 0 < ... < beta_T = 1: ``"sigmoid"`` (Grosse et al.: dense near both ends) or
+    ``"linear"``."""
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"AIS needs steps >= 1, got {steps}")
+    t = torch.linspace(-delta, delta, int(steps) + 1, dtype=torch.float64)
+    if kind == "linear":
+        return torch.linspace(0.0, 1.0, int(steps) + 1, dtype=torch.float64)
+    if kind != "sigmoid":
+        raise ValueError(f"schedule must be 'sigmoid' or 'linear', got {kind!r}")
+    s = torch.sigmoid(t)
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+class Target:
+    """The densities of one batch as functions of unconstrained latents u (one tensor per latent
+    site, shaped like the site's value: (chains, ..., batch, ..., event))."""
+
+    def __init__(self, pair, program: Program, args, kwargs, chains: int, fixed=None):
+        if not program.vectorize:
+            raise ValueError("AIS runs its chains along a particle dim, and this program's nets do not take one: "
+                             "use method='is'")
+        if program.prior_sites:
+            raise ValueError(f"AIS needs every latent of the model in the guide; {list(program.prior_sites)} are not")
+        self.pair, self.program, self.args, self.kwargs, self.chains = pair, program, args, kwargs, chains
+        self.fixed, self.skip = fixed, tuple(fixed.nodes) if fixed is not None else ()
+        self.num_dims = program.nesting + 1
+        with torch.no_grad(), poutine.block():
+            gt = self._guide_trace()
+        self.sites = [(n, s) for n, s in latent_sites(gt) if n not in self.skip]
+        for name, site in self.sites:
+            if site["fn"].support.is_discrete:
+                raise ValueError(f"AIS moves continuous latents with HMC, and site {name!r} "
+                                 f"({type(site['fn']).__name__}) is discrete: use method='is'")
+        self.transforms = {n: biject_to(s["fn"].support) for n, s in self.sites}
+        self.template = gt
+
+    def _guide_trace(self, values=None):
+        guide = self.pair.guide
+        if self.fixed is not None:
+            guide = poutine.replay(guide, trace=self.fixed)
+        if values is not None:
+            guide = poutine.replay(guide, trace=values)
+        with pyro.plate(PARTICLES, self.chains, dim=-self.num_dims):
+            return poutine.trace(guide).get_trace(*self.args, **self.kwargs)
+
+    def draw(self, start: str) -> dict:
+        """Unconstrained draws from f_0: the guide's (``"guide"``) or the prior's (``"prior"``)."""
+        with torch.no_grad(), poutine.block():
+            if start == "guide":
+                tr = self._guide_trace()
+            elif start == "prior":
+                model = self.pair.model if self.fixed is None else poutine.replay(self.pair.model, trace=self.fixed)
+                with pyro.plate(PARTICLES, self.chains, dim=-self.num_dims):
+                    tr = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+            else:
+                raise ValueError(f"start must be 'guide' or 'prior', got {start!r}")
+            return {n: self.transforms[n].inv(tr.nodes[n]["value"]).detach() for n, _ in self.sites}
+
+    def per_datapoint(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """Sum a tensor shaped like site ``name``'s value over all but (chain, datapoint) -> (C, B)."""
+        site = dict(self.template.nodes[name])
+        batch_rank = len(site["fn"].batch_shape)
+        if t.dim() > batch_rank:  # event dims (transforms of an event-shaped support already sum them)
+            t = t.sum(tuple(range(batch_rank - t.dim(), 0)))
+        return _per_datapoint(dict(site, fn=_Given(t), mask=None, value=None), self.num_dims,
+                              self.program.data_plate)
+
+    def expand(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """A (C, B) tensor viewed to broadcast against site ``name``'s value."""
+        site = self.template.nodes[name]
+        value = site["value"]
+        event = len(site["fn"].event_shape)
+        frame = next(f for f in site["cond_indep_stack"] if f.name == self.program.data_plate)
+        view = [1] * value.dim()
+        view[value.dim() - event - self.num_dims] = t.shape[0]
+        view[value.dim() - event + frame.dim] = t.shape[1]
+        return t.reshape(view)
+
+    def parts(self, u: dict):
+        """``(log f_0 under both starts, log p(x, z), log |dz/du|)``: the guide's log q, the model's
+        log p(z), the joint, the Jacobian, each (C, B)."""
+        z, log_det = {}, 0.0
+        for name, _ in self.sites:
+            tf = self.transforms[name]
+            z[name] = tf(u[name])
+            log_det = log_det + self.per_datapoint(tf.log_abs_det_jacobian(u[name], z[name]), name)
+        values = poutine.Trace()
+        for name, site in self.template.nodes.items():
+            if name in z:
+                values.add_node(name, **dict(site, value=z[name]))
+        gt = self._guide_trace(values)
+        model = self.pair.model
+        with pyro.plate(PARTICLES, self.chains, dim=-self.num_dims):
+            mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(*self.args, **self.kwargs)
+        terms = terms_from_traces(mt, gt, self.chains, self.program.nesting, self.program.data_plate, self.skip)
+        return terms.log_qz, terms.log_pz, terms.log_px_z + terms.log_pz, log_det
+
+
+class _Given:
+    """A stand-in distribution whose log_prob is a given tensor (to reuse the per-datapoint sum)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def log_prob(self, value):
+        return self.t
+
+
+def hmc(u: dict, log_target, step: torch.Tensor, leapfrog: int, target: Target):
+    """One HMC transition for every (chain, datapoint) at once: ``log_target(u) -> (C, B)``,
+    ``step`` (C, B) step sizes. Returns the new u, its log target and the acceptance indicator."""
+    def value_and_grad(v):
+        v = {n: x.detach().requires_grad_(True) for n, x in v.items()}
+        with torch.enable_grad():
+            lp = log_target(v)
+            grads = torch.autograd.grad(lp.sum(), list(v.values()))
+        return lp.detach(), dict(zip(v, (g.detach() for g in grads)))
+
+    def kinetic(p):
+        return sum(0.5 * target.per_datapoint(x ** 2, n) for n, x in p.items())
+
+    lp0, g = value_and_grad(u)
+    eps = {n: target.expand(step, n) for n in u}
+    p = {n: torch.randn_like(x) for n, x in u.items()}
+    h0 = -lp0 + kinetic(p)
+    v = dict(u)
+    p = {n: p[n] + 0.5 * eps[n] * g[n] for n in u}
+    for i in range(leapfrog):
+        v = {n: v[n] + eps[n] * p[n] for n in u}
+        lp, g = value_and_grad(v)
+        if i < leapfrog - 1:
+            p = {n: p[n] + eps[n] * g[n] for n in u}
+    p = {n: p[n] + 0.5 * eps[n] * g[n] for n in u}
+    h1 = -lp + kinetic(p)
+    log_accept = torch.clamp(h0 - h1, max=0.0)
+    log_accept = torch.where(torch.isfinite(log_accept), log_accept, torch.full_like(log_accept, -math.inf))
+    accept = torch.rand_like(log_accept).log() < log_accept
+    new = {n: torch.where(target.expand(accept, n), v[n], u[n]) for n in u}
+    return new, torch.where(accept, lp, lp0), accept
+
+
+def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: int = 10, step_size: float = 0.05,
+        reverse_from: dict | None = None, bar=None) -> torch.Tensor:
+    """Per (chain, datapoint) AIS log-weights (C, B) along ``betas``: forward from f_0 (the
+    module docstring), or, with ``reverse_from`` (unconstrained exact posterior draws), reverse
+    from beta = 1 to 0 (log-weights whose exp has expectation 1/p(x))."""
+    u = target.draw(start) if reverse_from is None else reverse_from
+    C, B = target.chains, None
+    log_w = None
+    step = None
+
+    def log_f0(parts):
+        return parts[0] if start == "guide" else parts[1]
+
+    seq = list(range(1, len(betas))) if reverse_from is None else list(range(len(betas) - 1, 0, -1))
+    for i, t in enumerate(seq):
+        with torch.no_grad():
+            parts = target.parts(u)
+        f0, joint = log_f0(parts), parts[2]
+        if log_w is None:
+            B = f0.shape[1]
+            log_w = torch.zeros_like(f0)
+            step = torch.full((C, B), step_size, dtype=f0.dtype, device=f0.device)
+        if reverse_from is None:
+            log_w = log_w + float(betas[t] - betas[t - 1]) * (joint - f0)
+            beta_next = float(betas[t])
+        else:
+            log_w = log_w + float(betas[t - 1] - betas[t]) * (joint - f0)
+            beta_next = float(betas[t - 1])
+        if i == len(seq) - 1:
+            break  # the last transition would not change the weights
+
+        def log_target(v, b=beta_next):
+            q, pz, jnt, ldj = target.parts(v)
+            base = q if start == "guide" else pz
+            return base + b * (jnt - base) + ldj
+
+        u, _, accepted = hmc(u, log_target, step, leapfrog, target)
+        rate = accepted.double().mean(0, keepdim=True)  # per datapoint, over chains
+        step = (step * torch.where(rate > TARGET_ACCEPT, 1.02, 0.98).to(step.dtype)).clamp(1e-4, 10.0)
+        if bar is not None:
+            bar.update(1)
+    return log_w
+
+
+class _FlushDenormals:
+    """Tiny step sizes and momenta make denormal floats, which slow CPU arithmetic many-fold."""
+
+    def __enter__(self):
+        self.ok = torch.set_flush_denormal(True)
+
+    def __exit__(self, *exc):
+        if self.ok:
+            torch.set_flush_denormal(False)
+
+
+def _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size):
+    from .evaluate import _eval_inputs, program_of
+    from .pair import as_pair, device_of
+
+    pair = as_pair(model, guide, modules)
+    device = device_of(pair)
+    inputs = _eval_inputs(data, pair, labels)
+    program = program_of(pair, inputs.to(device), data_plate, batch_size)
+    return pair, device, inputs, program
+
+
+def ais_log_likelihood(model, data, *, steps: int = 500, chains: int = 16, start: str = "guide", leapfrog: int = 10,
+                       step_size: float = 0.05, schedule_kind: str = "sigmoid", guide=None, modules=None,
+                       batch_size: int = 100, progress: bool = True, labels=None, data_plate=None) -> torch.Tensor:
+    """AIS estimate of log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``):
+    ``chains`` chains and ``steps`` annealing steps of ``leapfrog``-step HMC per datapoint, in
+    batches of ``batch_size`` datapoints. Global latents are held at their guide mean, as in
+    importance sampling."""
+    from .validate import check_positive_int
+
+    check_positive_int("chains", chains)
+    check_positive_int("leapfrog", leapfrog)
+    betas = schedule(steps, schedule_kind)
+    pair, device, inputs, program = _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size)
+    was = pair.training
+    pair.eval()
+    out = []
+    bar = tqdm(total=(len(betas) - 2) * math.ceil(inputs.n / batch_size), desc="AIS", disable=not progress,
+               leave=False)
+    try:
+        fixed = None
+        for s in range(0, inputs.n, batch_size):
+            args, kwargs = inputs.take(slice(s, s + batch_size), device=device)
+            if fixed is None:
+                with poutine.block():
+                    fixed = fix_globals(pair.guide, program, *args, **kwargs)
+            with poutine.block(), _FlushDenormals():
+                target = Target(pair, program, args, kwargs, chains, fixed)
+                log_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
+            out.append((torch.logsumexp(log_w, 0) - math.log(chains)).cpu())
+    finally:
+        bar.close()
+        pair.train(was)
+    return torch.cat(out)
+
+
+def _simulate(pair, inputs, n: int, device):
+    """(x, exact latents) ~ p(z) p(x|z) for n datapoints: the model run with its one observed site
+    sampled (``inputs`` give the arguments' shapes, and any further inputs)."""
+    args, kwargs = inputs.take(slice(0, n), device=device)
+    with torch.no_grad(), poutine.block():
+        observed = [name for name, site in poutine.trace(pair.model).get_trace(*args, **kwargs).nodes.items()
+                    if site["type"] == "sample" and site["is_observed"] and not site["infer"].get("_deterministic")]
+        if len(observed) != 1:
+            raise ValueError(f"bdmc simulates one observed site, and the model observes {observed}")
+        tr = poutine.trace(poutine.uncondition(pair.model)).get_trace(*args, **kwargs)
+    x, x0 = tr.nodes[observed[0]]["value"], args[0] if inputs.x_key is None else kwargs[inputs.x_key]
+    if x.numel() != x0.numel():
+        raise ValueError(f"bdmc: the simulated {observed[0]!r} has shape {tuple(x.shape)}, which does not map onto "
+                         f"the data's {tuple(x0.shape)}")
+    latents = {name: site["value"] for name, site in latent_sites(tr)}
+    return x.reshape(x0.shape).to(x0.dtype), latents
+
+
+def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, start: str = "guide",
+         leapfrog: int = 10, step_size: float = 0.05, schedule_kind: str = "sigmoid", guide=None, modules=None,
+         seed: int = 0, progress: bool = True, data_plate=None) -> dict:
+    """Bidirectional Monte Carlo on ``n`` datapoints simulated from the model: forward AIS (a
+    stochastic lower bound on log p(x)) and reverse AIS from the exact latents (a stochastic
+    upper bound). Returns ``{"lower": (n,), "upper": (n,), "gap": (n,), "x": simulated data,
+    "summary": {...}}`` (also as attributes ``.lower``, ``.upper``)."""
+    from .evaluate import program_of
+    from .inputs import Inputs, arrange
+    from .pair import as_pair, device_of
+    from .validate import check_positive_int
+
+    check_positive_int("n", n)
+    check_positive_int("chains", chains)
+    pair = as_pair(model, guide, modules)
+    device = device_of(pair)
+    betas = schedule(steps, schedule_kind)
+    torch.manual_seed(seed)
+    was = pair.training
+    pair.eval()
+    t0 = time.perf_counter()
+    try:
+        base = data
+        if base is None and getattr(pair, "x_shape", None) is not None:
+            base = torch.zeros((n,) + tuple(pair.x_shape))
+        if base is None:
+            raise ValueError("bdmc needs data=... (a few datapoints) to know the shape of a program's input")
+        template = arrange(pair, base, what="bdmc data", evaluation=True)[0]
+        if template.n < n:
+            raise ValueError(f"bdmc: n={n} but the data have {template.n} datapoints (they give the input's shape)")
+        program = program_of(pair, template.to(device), data_plate)
+        if program.global_sites:
+            raise ValueError("bdmc simulates from the model, and global latents would have to be simulated too: "
+                             f"{list(program.global_sites)} are global")
+        x, latents = _simulate(pair, template, n, device)
+        sim = Inputs(x, [a[:n].to(device) for a in template.args],
+                     {k: v[:n].to(device) for k, v in template.kwargs.items()}, template.x_key)
+        args, kwargs = sim.take(slice(0, n))
+        bar = tqdm(total=2 * (len(betas) - 2), desc="BDMC", disable=not progress, leave=False)
+        with poutine.block(), _FlushDenormals():
+            target = Target(pair, program, args, kwargs, chains)
+            lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
+            exact = {}
+            for name, _ in target.sites:
+                z = latents[name]
+                site = target.template.nodes[name]
+                z = z.unsqueeze(site["value"].dim() - len(site["fn"].event_shape) - target.num_dims)
+                exact[name] = target.transforms[name].inv(z.expand_as(site["value"])).detach()
+            upper_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, reverse_from=exact,
+                          bar=bar)
+        bar.close()
+    finally:
+        pair.train(was)
+    lower = (torch.logsumexp(lower_w, 0) - math.log(chains)).cpu()
+    upper = -(torch.logsumexp(upper_w, 0) - math.log(chains)).cpu()
+    out = BDMCResult(lower=lower, upper=upper, gap=upper - lower, x=x.cpu())
+    out["summary"] = {"n": n, "steps": int(steps), "chains": chains, "leapfrog": leapfrog, "start": start,
+                      "lower": float(lower.mean()), "upper": float(upper.mean()), "gap": float((upper - lower).mean()),
+                      "seconds": time.perf_counter() - t0}
+    return out
+
+
+class BDMCResult(dict):
+    """BDMC's results as a dict, with ``.lower``, ``.upper``, ``.gap`` attributes too."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
