@@ -1,0 +1,152 @@
+"""Annealed importance sampling, BDMC and error bars against closed forms: a linear-Gaussian
+model (probabilistic PCA) has an exact log p(x) and an exact posterior."""
+
+import math
+
+import pytest
+import torch
+
+import pvae
+from pvae.ais import Target, ais, bdmc, hmc, schedule
+from pvae.evaluate import mc_standard_error
+from pvae.program import analyse
+
+from linear_gaussian import PPCA
+from programs import LinearGaussian
+
+
+@pytest.fixture
+def ppca():
+    torch.manual_seed(0)
+    m = PPCA(x_dim=5, z_dim=2, sigma=0.5)
+    return m, m.sample_x(20)
+
+
+@pytest.fixture
+def lg():
+    """A linear-Gaussian model whose guide is the exact posterior widened by exp(log_sigma_q)."""
+    m = LinearGaussian(x_dim=5, z_dim=2, sigma=0.5)
+    return m, m.sample_v(20)
+
+
+def test_schedule_runs_from_zero_to_one_and_rises():
+    for kind in ("sigmoid", "linear"):
+        b = schedule(50, kind)
+        assert b[0] == 0 and b[-1] == 1 and bool((b[1:] > b[:-1]).all())
+    with pytest.raises(ValueError, match="steps >= 1"):
+        schedule(0)
+
+
+def test_ais_from_the_exact_posterior_is_exact_at_any_number_of_steps(lg):
+    m, x = lg  # q(z|x) = p(z|x): every log-weight increment is (beta_t - beta_t-1) log p(x)
+    for steps in (1, 3, 20):
+        ll = pvae.log_likelihood(m, x, method="ais", steps=steps, chains=2, leapfrog=3, progress=False)
+        torch.testing.assert_close(ll, m.exact_log_p(x), atol=1e-4, rtol=0)
+
+
+def test_ais_converges_to_the_exact_log_likelihood_from_a_poor_guide(lg):
+    m, x = lg
+    with torch.no_grad():
+        m.log_sigma_q.fill_(math.log(2.5))  # a guide 2.5 times too wide
+    exact = m.exact_log_p(x)
+    torch.manual_seed(1)
+    is_ = pvae.log_likelihood(m, x, k=16, progress=False)
+    torch.manual_seed(1)
+    ll = pvae.log_likelihood(m, x, method="ais", steps=200, chains=16, progress=False)
+    assert abs(float((ll - exact).mean())) < 0.05  # stated: 200 steps, 16 chains, 10 leapfrog steps
+    assert float((ll - exact).abs().mean()) < 0.1
+    assert float((is_ - exact).mean()) < -0.1  # IS with as many samples as chains falls short from this guide
+    assert abs(float((ll - exact).mean())) < abs(float((is_ - exact).mean())) / 2
+
+
+def test_bdmc_brackets_the_exact_value_and_its_gap_falls_with_steps(ppca):
+    m, x = ppca
+    m.set_guide(mean_shift=0.5, scale_factor=2.0)
+    gaps = []
+    for steps in (2, 30):
+        r = bdmc(m, n=20, steps=steps, chains=8, data=x, seed=0, progress=False)
+        exact = float(m.exact_log_px(r["x"]).mean())
+        assert r.lower.mean() <= exact + 0.05 and r.upper.mean() >= exact - 0.05
+        gaps.append(r["summary"]["gap"])
+    assert gaps[1] < gaps[0] / 3 and gaps[1] < 0.3
+
+
+def test_hmc_leaves_a_gaussian_target_invariant(lg):
+    m, x = lg  # the guide is the exact posterior: start the chains there, in stationarity
+    x = x[:2]
+    program = analyse(m.model, m.guide, (x,), {})
+    target = Target(m, program, (x,), {}, chains=4000)
+    torch.manual_seed(0)
+    u = target.draw("guide")
+
+    def log_post(v):
+        _, _, joint, ldj = target.parts(v)
+        return joint + ldj
+
+    step = torch.full((4000, 2), 0.3)
+    for _ in range(15):
+        u, _, _ = hmc(u, log_post, step, 5, target)
+    z = u["z"][:, :, 0]  # (chains, datapoints, 2)
+    with torch.no_grad():
+        mean, S = m.posterior(x, torch.ones_like(x, dtype=torch.bool), torch.tensor(m.sigma))
+    for b in range(2):
+        sd = float(S[b].diag().max().sqrt())
+        torch.testing.assert_close(z[:, b].mean(0), mean[b], atol=5 * sd / math.sqrt(4000), rtol=0)
+        torch.testing.assert_close(torch.cov(z[:, b].T), S[b], atol=0.1 * sd ** 2, rtol=0.1)
+
+
+def test_ais_is_refused_for_discrete_latents_and_names_its_options():
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5 * torch.ones(x.shape[0])))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x[:, 0])
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Bernoulli(0.5 * torch.ones(x.shape[0])))
+
+    x = torch.randn(5, 1)
+    with pytest.raises(ValueError, match="site 'c' .* is discrete: use method='is'"):
+        pvae.log_likelihood(model, x, guide=guide, method="ais", steps=2, progress=False)
+    with pytest.raises(ValueError, match="method must be 'is'"):
+        pvae.log_likelihood(model, x, guide=guide, method="mcmc", progress=False)
+
+
+def test_mc_standard_error_matches_the_spread_of_repeated_estimates(ppca):
+    m, x = ppca
+    m.set_guide(mean_shift=0.3, scale_factor=1.5)
+    reps = torch.stack([pvae.log_likelihood(m, x[:5], k=50, progress=False) for _ in range(200)])
+    from pvae.objectives import log_weight_terms
+
+    with torch.no_grad():
+        lw = log_weight_terms(m.model, m.guide, x[:5], num_particles=50).log_weights
+    se = mc_standard_error(lw)
+    torch.testing.assert_close(se, reps.std(0), rtol=0.5, atol=0.01)
+
+
+def test_evaluate_reports_error_bars_and_reliability_flags(ppca):
+    m, x = ppca
+    m.set_guide(mean_shift=0.3)
+    r = pvae.evaluate(m, x, k=100, progress=False, units=False)
+    s = r["summary"]
+    assert s["log_px_se"] == pytest.approx(float(r["log_px"].std() / math.sqrt(20)), rel=1e-5)
+    assert 0 < s["log_px_mc_se"] < s["log_px_se"]
+    assert r["unreliable"].dtype == torch.bool and s["khat_gt_0_7"] == pytest.approx(float(r["unreliable"].float().mean()))
+
+
+def test_ais_beats_is_at_comparable_cost_on_a_small_trained_vae():
+    train = pvae.load_dataset("sample", "train", binarize="static", n=1000)
+    test = pvae.load_dataset("sample", "test", binarize="static", n=10)
+    torch.manual_seed(0)
+    m = pvae.VAE(x_shape=(784,), latent_dim=8, hidden=(64,), activation="tanh")
+    pvae.fit(m, train, epochs=3, batch_size=100, lr=3e-3, progress=False)
+    torch.manual_seed(0)
+    steps, chains, leapfrog = 30, 4, 4
+    ais_ll = pvae.log_likelihood(m, test, method="ais", steps=steps, chains=chains, leapfrog=leapfrog, progress=False)
+    is_ll = pvae.log_likelihood(m, test, k=chains * steps * (leapfrog + 1), progress=False)  # as many net passes
+    assert float(ais_ll.mean()) >= float(is_ll.mean()) - 0.1
+    r = bdmc(m, n=5, steps=100, chains=4, leapfrog=4, progress=False)
+    assert 0 <= r["summary"]["gap"] < 3.0  # stated bound at 100 steps, 4 chains, 4 leapfrog steps
