@@ -347,7 +347,8 @@ def cmd_compare(args):
 
     out = compare(model, training_data(args, train), test, args.objectives, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   seed=args.seed, device=args.device, eval_k=args.eval_k, run_dir=args.run_dir,
-                  progress=not args.quiet, data_plate=args.data_plate)
+                  progress=not args.quiet, data_plate=args.data_plate,
+                  ais=dict(steps=args.ais_steps, chains=args.ais_chains) if args.ais_steps else None)
     print(out["table"])
     print(f"run folder: {args.run_dir}")
 
@@ -585,6 +586,8 @@ def parser() -> argparse.ArgumentParser:
                    help="objective specs, e.g. elbo mf-elbo iwae:k=5 iwae:k=50 iwae-dreg:k=50 renyi:k=5,alpha=0.5")
     _add_budget_args(c)
     c.add_argument("--eval-k", type=int, default=5000, help="importance samples for test log p(x)")
+    c.add_argument("--ais-steps", type=int, default=0, help="also AIS log p(x) with this many steps (0: none)")
+    c.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
     c.add_argument("--run-dir", default="runs/compare")
     _add_common(c)
     c.set_defaults(func=cmd_compare)

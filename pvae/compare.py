@@ -38,12 +38,16 @@ def _slug(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in spec)
 
 
+AIS_COLUMNS = [("log_px_ais", "AIS log p(x)"), ("log_px_ais_se", "± s.e. (AIS)")]
+
+
 def markdown_table(rows) -> str:
     def fmt(v):
         return str(v) if isinstance(v, (str, int)) else f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}"
 
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r[key]) for key, _ in COLUMNS) + " |" for r in rows]
+    cols = COLUMNS + [c for c in AIS_COLUMNS if rows and c[0] in rows[0]]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[key]) for key, _ in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -86,7 +90,7 @@ def differences(runs: dict) -> str:
 
 def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int = 10, batch_size: int = 100,
             lr: float = 1e-3, seed: int = 0, device=None, eval_k: int = 5000, run_dir="runs/compare",
-            progress: bool = True, data_plate: str | None = None) -> dict:
+            progress: bool = True, data_plate: str | None = None, ais: dict | None = None) -> dict:
     """Train ``model`` under each objective with identical seeds, data and budget; evaluate each.
 
     Args:
@@ -95,6 +99,8 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
         objectives: names or specs (see :func:`pvae.objective`); every one is checked against the
             model before any is trained.
         data_plate: the plate over datapoints of a program of your own (None: found by tracing).
+        ais: also estimate test log p(x) by annealed importance sampling, e.g.
+            ``{"steps": 500, "chains": 16}`` (see :func:`pvae.log_likelihood`), reported next to IS.
 
     Each objective runs in a fresh scope of Pyro's param store, so ``pyro.param`` parameters of
     a program of your own start from their initial values every time, like the module's.
@@ -126,6 +132,13 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
         s = res["summary"]
         row = {"objective": spec, "k": make_objective(spec).num_particles, "train_seconds": train_seconds,
                **{key: s.get(key, float("nan")) for key, _ in COLUMNS[3:]}}
+        if ais is not None:
+            from .evaluate import log_likelihood, standard_error
+
+            torch.manual_seed(seed)
+            ll = log_likelihood(h.model, test, method="ais", progress=progress, data_plate=data_plate, **ais)
+            res["log_px_ais"] = ll
+            row.update(log_px_ais=float(ll.mean()), log_px_ais_se=standard_error(ll))
         rows.append(row)
         runs[spec] = {"history": h, "eval": res, "model": h.model}
         torch.save({k: v for k, v in res.items() if k != "summary"}, run_dir / _slug(spec) / "eval.pt")
@@ -140,7 +153,7 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
                f"batch {batch_size}, lr {lr}, seed {seed}; test log p(x) with k = {eval_k}.\n\n{table}\n\n{noted}\n"
                "![learning curves](learning_curves.png)\n![log p(x)](log_px.png)\n![k-hat](khat.png)\n")
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[key for key, _ in COLUMNS])
+    w = csv.DictWriter(buf, fieldnames=[key for key, _ in COLUMNS] + [k for k, _ in AIS_COLUMNS if ais is not None])
     w.writeheader()
     w.writerows(rows)
     write_text(run_dir / "compare.csv", buf.getvalue())
