@@ -124,11 +124,27 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     if int(k) != k or k < 1:
         raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
     out = []
-    for _, (lpx, lpz, lqz) in iter_log_weight_terms(model, data, int(k), guide=guide, modules=modules,
+    pair = as_pair(model, guide, modules)
+    for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, int(k),
                                                     batch_size=batch_size, device=device, progress=progress,
                                                     labels=labels, data_plate=data_plate):
         out.append(torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k))
+    _say_notes(pair)
     return torch.cat(out)
+
+
+def _say_notes(pair) -> None:
+    """Where a bare tensor result cannot carry them, say once how it was computed."""
+    import warnings
+
+    program = getattr(pair, "_pvae_program", None)
+    for note in (program.eval_notes() if program is not None else []):
+        if "global latents" in note and note not in _SAID:
+            _SAID.add(note)
+            warnings.warn(f"log_likelihood: {note}", stacklevel=3)
+
+
+_SAID: set = set()
 
 
 def standard_error(values: torch.Tensor) -> float:

@@ -411,7 +411,9 @@ def check_objective(elbo: ELBO, pair, program: Program, args=(), kwargs=None) ->
     """Every guard pvae keeps for an objective on a program, run once before any training step
     (Pyro's own guards vanish with validation off)."""
     kwargs = kwargs or {}
-    unmatched = [n for n in program.prior_sites if not n.endswith("_unobserved")]  # obs_mask's are by design
+    # obs_mask's x_unobserved are by design; sites the model enumerates are summed out by TraceEnum_ELBO
+    unmatched = [n for n in program.prior_sites if not n.endswith("_unobserved")
+                 and not (n in program.model_enumerated and isinstance(elbo, TraceEnum_ELBO))]
     if unmatched:
         raise ValueError(f"latent site {unmatched[0]!r} of the model has no match in the guide (does its pyro.sample "
                          "lack obs=?): it would be drawn from its prior and never inferred; observe it or add it to "

@@ -83,6 +83,7 @@ class Program:
     prior_sites: tuple = ()
     guide_only: tuple = ()
     auxiliary: tuple = ()
+    model_enumerated: tuple = ()  # discrete sites of the model only, summed out by TraceEnum_ELBO
     enumerated: bool = False
     not_reparameterized: tuple = ()
     notes: list = field(default_factory=list)
@@ -410,6 +411,8 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
                 if name not in scaled and not _only_subsample_scale(site, plate):
                     scaled.append(name)
     prior_sites = [n for n, s in latent_sites(model_trace) if n not in guide_trace.nodes]
+    model_enumerated = tuple(n for n, s in latent_sites(model_trace)
+                             if n not in guide_trace.nodes and s["infer"].get("enumerate"))
     guide_only = [n for n, s in latent_sites(guide_trace)
                   if n not in model_trace.nodes and not s["infer"].get("is_auxiliary")]
     for name, site in latent_sites(guide_trace):
@@ -420,9 +423,10 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
     program = Program(plate, nesting, vectorize=True, global_sites=tuple(global_sites), scaled_sites=tuple(scaled),
                       prior_sites=tuple(prior_sites), guide_only=tuple(guide_only), enumerated=enumerated,
                       not_reparameterized=tuple(not_rep))
+    program.model_enumerated = model_enumerated
     program.auxiliary = tuple(n for n, s in latent_sites(guide_trace) if s["infer"].get("is_auxiliary"))
     program.checked = check_vectorize or trusted
-    unexpected = [n for n in prior_sites if not n.endswith("_unobserved")]
+    unexpected = [n for n in prior_sites if not n.endswith("_unobserved") and n not in model_enumerated]
     if unexpected:
         warnings.warn(f"latent sites {unexpected} of the model have no match in the guide: they are drawn from "
                       "their prior (as Pyro's replay does), so q(z|x) does not cover them", stacklevel=3)

@@ -458,3 +458,38 @@ def test_pyrosample_weights_with_an_autoguide_train_as_svi_and_evaluate_at_the_g
     assert ev["summary"]["notes"][0].startswith("global latents ['weight'] fixed at their guide mean")
     with pytest.raises(ValueError, match="outside the data plate 'data' \\(a global latent\\)"):
         pvae.fit(build(), x, objective="iwae:k=2", epochs=1, progress=False)
+
+
+def test_a_discrete_site_enumerated_in_the_model_only_trains_under_enum_elbo_and_evaluates():
+    """A mixture-of-Gaussians prior whose component c the model enumerates (no guide site)."""
+    from pyro.infer import TraceEnum_ELBO
+
+    class MixturePrior(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = nn.Linear(16, 4), nn.Linear(2, 16)
+            self.means = nn.Parameter(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]))
+            P.init_(self)
+
+        def model(self, x):
+            pyro.module("mix", self)
+            with pyro.plate("data", x.shape[0]):
+                c = pyro.sample("c", dist.Categorical(logits=x.new_zeros(2)), infer={"enumerate": "parallel"})
+                z = pyro.sample("z", dist.Normal(self.means[c], 1.0).to_event(1))
+                pyro.sample("x", dist.Bernoulli(logits=self.dec(z)).to_event(1), obs=x)
+
+        def guide(self, x):
+            pyro.module("mix", self)
+            loc, log_scale = self.enc(x).chunk(2, -1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    x = binary(N, 16)
+    assert_same_as_svi(MixturePrior, x, "enum-elbo", TraceEnum_ELBO(max_plate_nesting=1), moved=["store:mix$$$means"])
+    with pytest.raises(ValueError, match="latent site 'c' of the model has no match in the guide"):
+        pvae.fit(MixturePrior(), x, objective="elbo", epochs=1, progress=False)
+    m = MixturePrior()
+    h = pvae.fit(m, x, objective="enum-elbo", epochs=2, batch_size=8, test=x, progress=False)
+    # c is drawn from its prior by the evaluator (its density cancels): still an unbiased p(x) estimate
+    ll = pvae.log_likelihood(m, x, k=2000, progress=False)
+    assert float(ll.mean()) >= h[-1]["test_elbo"] - 0.5
