@@ -171,7 +171,10 @@ def per_objective(values: dict, ylabel: str, path=None, hline=None, paired: bool
         ylabel = f"{ylabel} minus {list(values)[0]}'s"
     data = [a[np.isfinite(a)] for a in arrays]
     ax.boxplot(data, showfliers=False)
-    ax.plot(range(1, len(data) + 1), [d.mean() if d.size else np.nan for d in data], "o", color="C3", label="mean")
+    means = [d.mean() if d.size else np.nan for d in data]
+    ses = [d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else 0.0 for d in data]
+    ax.errorbar(range(1, len(data) + 1), means, yerr=[2 * s for s in ses], fmt="o", color="C3", capsize=4,
+                label="mean ± 2 s.e.")
     ax.set_xticks(range(1, len(values) + 1), list(values), rotation=20, fontsize=8)
     if hline is not None:
         ax.axhline(hline, color="k", ls="--", lw=1)
