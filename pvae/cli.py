@@ -35,9 +35,29 @@ def load_split(args, split):
     return data
 
 
+class _SafePlots:
+    """pvae.plots where a failing figure costs only that figure: one line on stderr, no traceback."""
+
+    def __init__(self):
+        from . import plots
+
+        self._plots = plots
+
+    def __getattr__(self, name):
+        fn = getattr(self._plots, name)
+
+        def draw(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - results are already written; say what is missing
+                print(f"pvae: figure {name} not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                      file=sys.stderr)
+        return draw
+
+
 def _figures(model, test, x, run_dir: Path) -> None:
     """The figures that fit ``model``: each variant draws what it has the methods for."""
-    from . import plots
+    plots = _SafePlots()
 
     y = test.y
     if getattr(model, "needs_labels", False) and not hasattr(model, "classify"):
@@ -73,7 +93,6 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
     """
     import torch
 
-    from . import plots
     from .checkpoint import write_text
     from .evaluate import evaluate
 
@@ -106,14 +125,16 @@ def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed
                                  for xb in x.split(1000)) / x.numel()
     if hasattr(model, "temperature"):
         s["temperature"] = model.temperature
+    if history:
+        s["train_seconds"] = sum(r["seconds"] for r in history)
+        s["epochs"] = history[-1]["epoch"]
+    write_text(run_dir / "results.json", json.dumps(s, indent=1))  # results first: a figure cannot lose them
+    plots = _SafePlots()
     _figures(model, test, x, run_dir)
     if "khat" in res:
         plots.khat_histogram(res["khat"], path=run_dir / "khat.png")
     if history:
         plots.training_curves(history, path=run_dir / "training_curves.png")
-        s["train_seconds"] = sum(r["seconds"] for r in history)
-        s["epochs"] = history[-1]["epoch"]
-    write_text(run_dir / "results.json", json.dumps(s, indent=1))
     write_text(run_dir / "summary.md", summary_markdown(s, run_dir))
     return s
 

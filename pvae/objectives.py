@@ -33,9 +33,8 @@ from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanFie
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
-from .program import (PARTICLES, LogWeightTerms, Program, _per_datapoint, analyse, go_sequential, latent_sites,
-                      log_weight_terms,
-                      outside_error, plain_traces, terms_from_traces)
+from .program import (PARTICLES, LogWeightTerms, Program, _per_datapoint, analyse, go_sequential,  # noqa: F401
+                      latent_sites, log_weight_terms, plain_traces, terms_from_traces)
 
 DATA_PLATE = "data"  # the name pvae's own models give their data plate
 

@@ -326,6 +326,10 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     with pyro.validation_enabled(validate):
         configure(elbo, program)
         check_objective(elbo, pair, program, first_args, first_kwargs)
+        if ctx.active and extra:
+            raise ValueError(f"data-parallel training keeps the module's parameters in sync, and this program also "
+                             f"has {len(extra)} in Pyro's param store ({next(iter(extra))!r}, ...): hold them in the "
+                             "module (nn.Parameter) to train on several processes")
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pvae
-from pvae.ais import Target, ais, bdmc, hmc, schedule
+from pvae.ais import Target, bdmc, hmc, schedule
 from pvae.evaluate import mc_standard_error
 from pvae.program import analyse
 

@@ -156,3 +156,20 @@ def test_apply_anomaly_denoise_inpaint(tmp_path, capsys):
     assert "--anomaly-class" in capsys.readouterr().err
     assert main(["train", *TINY, "--exclude-class", "11", "--run-dir", str(tmp_path / "x")]) == 2
     assert "no such class" in capsys.readouterr().err
+
+
+def test_an_iaf_run_reports_and_a_failing_figure_costs_only_itself(tmp_path, capsys, monkeypatch):
+    import pvae.plots
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pvae.plots, "latent_space", broken)
+    run = tmp_path / "iaf"
+    assert main(["train", "--guide", "iaf", "--n-train", "200", "--n-test", "20", "--epochs", "1", "--eval-k", "10",
+                 "--latent-dim", "4", "--hidden", "16", "--run-dir", str(run), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "figure latent_space not drawn: OSError: No space left on device" in err
+    results = json.loads((run / "results.json").read_text())
+    assert "log_px" in results and "log_px_se" in results
+    assert (run / "interpolation.png").exists() and not (run / "latent_space.png").exists()

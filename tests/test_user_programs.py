@@ -455,6 +455,7 @@ def test_pyrosample_weights_with_an_autoguide_train_as_svi_and_evaluate_at_the_g
         h = pvae.fit(m, x, epochs=2, batch_size=8, test=x, progress=False)
         ev = pvae.evaluate(m, x, k=100, progress=False)
     assert ev["summary"]["log_px"] >= ev["summary"]["elbo"]
+    assert any("global latents" in n for n in h.notes)
     assert ev["summary"]["notes"][0].startswith("global latents ['weight'] fixed at their guide mean")
     with pytest.raises(ValueError, match="outside the data plate 'data' \\(a global latent\\)"):
         pvae.fit(build(), x, objective="iwae:k=2", epochs=1, progress=False)

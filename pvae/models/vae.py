@@ -104,9 +104,14 @@ class VAE(PyroVAE):
         return self.q(self.encoder(x))
 
     @torch.no_grad()
-    def encode(self, x):
-        """The posterior mean E_q[z|x], shape ``(n, latent_dim)``."""
-        return self.posterior(x).mean
+    def encode(self, x, num_samples: int = 256):
+        """The posterior mean E_q[z|x], shape ``(n, latent_dim)``: in closed form, or for guides
+        without one (an IAF flow) the average of ``num_samples`` draws."""
+        q = self.posterior(x)
+        try:
+            return q.mean
+        except NotImplementedError:
+            return q.sample((num_samples,)).mean(0)
 
     # decode(z) = E[x|z] and reconstruct(x) = decode(encode(x)) come from PyroVAE
 
