@@ -33,7 +33,7 @@ from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanFie
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
-from .program import (PARTICLES, LogWeightTerms, Program, _per_datapoint, analyse, go_sequential,  # noqa: F401
+from .program import (PARTICLES, LogWeightTerms, Program, _per_datapoint, analyse, forked_rng, go_sequential,  # noqa: F401
                       latent_sites, log_weight_terms, plain_traces, terms_from_traces)
 
 DATA_PLATE = "data"  # the name pvae's own models give their data plate
@@ -423,8 +423,7 @@ def check_objective(elbo: ELBO, pair, program: Program, args=(), kwargs=None) ->
     check_mean_field(elbo, pair, *args, **kwargs)
     check_importance_weighted(elbo, program)
     if isinstance(elbo, ImportanceWeightedELBO):
-        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        with poutine.block(), torch.no_grad(), forked_rng():
             elbo._scales(log_weight_terms(pair.model, pair.guide, *args, program=program, complete=False, **kwargs))
     if isinstance(elbo, TraceEnum_ELBO) and not program.enumerated:
         warnings.warn("enum-elbo (TraceEnum_ELBO) on a program with no site marked for enumeration "

@@ -133,11 +133,17 @@ def in_plate(site, data_plate: str) -> bool:
     return any(f.name == data_plate for f in site["cond_indep_stack"])
 
 
+def forked_rng():
+    """The random-number state (CPU, and the current CUDA device once used) restored on exit, so
+    that pvae's looks at a program do not change later draws."""
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=cuda)
+
+
 def plain_traces(model, guide, *args, **kwargs):
     """One run of guide and model, hidden from outer handlers, without gradients, and with the
     random-number state restored afterwards (so that looking does not change later draws)."""
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with poutine.block(), torch.random.fork_rng(devices=cuda), torch.no_grad():
+    with poutine.block(), forked_rng(), torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
@@ -333,8 +339,7 @@ def fix_globals(guide, program: Program, *args, **kwargs):
     None when the program has no global latents."""
     if not program.global_sites:
         return None
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with poutine.block(), torch.random.fork_rng(devices=cuda), torch.no_grad():
+    with poutine.block(), forked_rng(), torch.no_grad():
         tr = poutine.trace(guide).get_trace(*args, **kwargs)
         means = poutine.Trace()
         for name in program.global_sites:
@@ -432,8 +437,7 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
                       "their prior (as Pyro's replay does), so q(z|x) does not cover them", stacklevel=3)
     if check_vectorize and not trusted:
         reason = None
-        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        with poutine.block(), torch.no_grad(), forked_rng():
             try:  # everything raised here is raised by the program's own code
                 mt, gt = vectorized_traces(model, guide, *args, num_particles=2, max_plate_nesting=nesting, **kwargs)
             except Exception as e:  # noqa: BLE001 - nets that cannot take a particle dim
@@ -483,8 +487,7 @@ def store_params(pair, args=(), kwargs=None) -> dict:
     kwargs = kwargs or {}
     held = {id(p) for p in pair.parameters()}
     found = {}
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda), poutine.block(), torch.no_grad():
+    with forked_rng(), poutine.block(), torch.no_grad():
         guide_trace = poutine.trace(pair.guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args, **kwargs)
     for tr in (guide_trace, model_trace):
@@ -503,8 +506,7 @@ def untrained_leaves(pair, params, args=(), kwargs=None) -> list:
     not among ``params``: described as strings (shape, dtype)."""
     kwargs = kwargs or {}
     have = {id(p) for p in params}
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda), poutine.block():
+    with forked_rng(), poutine.block():
         mt, gt = single_traces(pair.model, pair.guide, *args, **kwargs)
         total = sum((s["fn"].log_prob(s["value"]).sum() for tr in (mt, gt) for s in tr.nodes.values()
                      if is_counted(s) and (tr is mt or not s["is_observed"])), torch.zeros(()))
