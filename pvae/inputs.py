@@ -199,4 +199,18 @@ def arrange(pair, data, labels=None, what: str = "training data", evaluation: bo
             elif labels is not None:
                 raise ValueError(f"labels= were given, but the model takes no second argument "
                                  f"({', '.join(pos)}): drop them or add a parameter for them")
+            elif not var_pos:
+                _warn_once(f"the {what} carry labels, and the model takes only ({', '.join(pos)}): the labels are "
+                           "not passed (give the model a second argument, e.g. model(x, y=None), to condition on them)")
     return Inputs(x, extra, kwextra, x_key), mode
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    import warnings
+
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=4)

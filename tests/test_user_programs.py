@@ -9,7 +9,7 @@ import pytest
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 import pvae
@@ -254,6 +254,8 @@ def test_labels_reach_a_model_that_takes_them_and_extra_members_are_never_droppe
     m = P.ExampleVAE(x_dim=16, hidden=8)
     with pytest.raises(ValueError, match="labels= were given, but the model takes no second argument"):
         pvae.fit(m, binary(), labels=y, epochs=1, progress=False)
+    with pytest.warns(UserWarning, match=r"carry labels, and the model takes only \(x\): the labels are not passed"):
+        pvae.fit(m, pvae.Data(binary(), y), epochs=1, progress=False)
 
 
 def test_several_observed_inputs_per_datapoint_train_as_svi_and_score_all_of_them():
@@ -274,6 +276,32 @@ def test_several_observed_inputs_per_datapoint_train_as_svi_and_score_all_of_the
 
 # -- training scales -------------------------------------------------------------------------
 
+class ScaledPair:
+    """A pair's model (and guide) wrapped in poutine.scale on the latent site, the Pyro way."""
+
+    def __init__(self, build, scale, scale_guide):
+        self.build, self.scale, self.scale_guide = build, scale, scale_guide
+
+    def __call__(self):
+        inner = self.build()
+        scale, scale_guide = self.scale, self.scale_guide
+
+        class Scaled(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = inner
+
+            def model(self, x):
+                with pyro.poutine.scale(scale=scale):
+                    return self.inner.model(x)
+
+            def guide(self, x):
+                with pyro.poutine.scale(scale=scale if scale_guide else 1.0):
+                    return self.inner.guide(x)
+
+        return Scaled()
+
+
 @pytest.mark.parametrize("scale_guide", [True, False])
 def test_poutine_scale_is_honoured_in_training_and_left_out_of_evaluation(scale_guide):
     v = P.LinearGaussian().sample_v(N)
@@ -286,6 +314,10 @@ def test_poutine_scale_is_honoured_in_training_and_left_out_of_evaluation(scale_
     h = pvae.fit(build(), v, epochs=1, batch_size=8, test=v, progress=False)
     torch.testing.assert_close(torch.tensor(h[0]["test_elbo"]), pvae.evaluate(
         h.model, v, k=1, progress=False, units=False, khat=False)["elbo"].mean(), atol=0.5, rtol=0)
+    mf = lambda: P.ExampleVAE(x_dim=16, hidden=8)  # noqa: E731
+    for objective, elbo in (("mf-elbo", TraceMeanField_ELBO()), ("enum-elbo", TraceEnum_ELBO(max_plate_nesting=1))):
+        scaled = ScaledPair(mf, 0.25, scale_guide)
+        assert_same_as_svi(scaled, binary(), objective, elbo, moved=["store:decoder$$$fc1.weight"])
     if scale_guide:  # one scale on every latent site: beta, as pvae's own bounds define it
         pvae.fit(build(), v, objective="iwae:k=3", epochs=1, progress=False)
     else:
