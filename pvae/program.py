@@ -402,6 +402,8 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
     model_trace, guide_trace = plain_traces(model, guide, *args, **kwargs)
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.dim()), None)
     batch = first.shape[0] if first is not None else None
+    if trusted and data_plate is None:
+        data_plate = "data"  # pvae's own models name their data plate so
     plate = find_data_plate(model_trace, guide_trace, batch, data_plate)
     nesting, global_sites, scaled, not_rep = 0, [], [], []
     for tr in (model_trace, guide_trace):
