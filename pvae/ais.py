@@ -58,15 +58,24 @@ def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Ten
 
 class Target:
     """The densities of one batch as functions of unconstrained latents u (one tensor per latent
-    site, shaped like the site's value: (chains, ..., batch, ..., event))."""
+    site, shaped like the site's value: (chains, ..., batch, ..., event)).
+
+    Programs whose nets take no particle dim get their chains *folded into the batch*: every
+    datapoint repeated ``chains`` times (chain-major), one plain trace, results reshaped to
+    (C, B). With the nets in eval mode (BatchNorm on running statistics, no dropout) datapoints
+    do not interact, so this is the same target."""
 
     def __init__(self, pair, program: Program, args, kwargs, chains: int, fixed=None):
-        if not program.vectorize:
-            raise ValueError("AIS runs its chains along a particle dim, and this program's nets do not take one: "
-                             "use method='is'")
         if program.prior_sites:
             raise ValueError(f"AIS needs every latent of the model in the guide; {list(program.prior_sites)} are not")
-        self.pair, self.program, self.args, self.kwargs, self.chains = pair, program, args, kwargs, chains
+        self.pair, self.program, self.chains = pair, program, chains
+        self.folded = not program.vectorize
+        self.batch = next(a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)).shape[0]
+        if self.folded:
+            idx = torch.arange(self.batch).repeat(chains)
+            rep = lambda a: a[idx.to(a.device)] if isinstance(a, torch.Tensor) and a.dim() else a  # noqa: E731
+            args, kwargs = tuple(rep(a) for a in args), {k: rep(v) for k, v in kwargs.items()}
+        self.args, self.kwargs = args, kwargs
         self.fixed, self.skip = fixed, tuple(fixed.nodes) if fixed is not None else ()
         self.num_dims = program.nesting + 1
         with torch.no_grad(), poutine.block():
@@ -79,13 +88,16 @@ class Target:
         self.transforms = {n: biject_to(s["fn"].support) for n, s in self.sites}
         self.template = gt
 
+    def _particles(self):
+        return pyro.plate(PARTICLES, self.chains, dim=-self.num_dims) if not self.folded else poutine.block(hide=[])
+
     def _guide_trace(self, values=None):
         guide = self.pair.guide
         if self.fixed is not None:
             guide = poutine.replay(guide, trace=self.fixed)
         if values is not None:
             guide = poutine.replay(guide, trace=values)
-        with pyro.plate(PARTICLES, self.chains, dim=-self.num_dims):
+        with self._particles():
             return poutine.trace(guide).get_trace(*self.args, **self.kwargs)
 
     def draw(self, start: str) -> dict:
@@ -95,11 +107,15 @@ class Target:
                 tr = self._guide_trace()
             elif start == "prior":
                 model = self.pair.model if self.fixed is None else poutine.replay(self.pair.model, trace=self.fixed)
-                with pyro.plate(PARTICLES, self.chains, dim=-self.num_dims):
+                with self._particles():
                     tr = poutine.trace(model).get_trace(*self.args, **self.kwargs)
             else:
                 raise ValueError(f"start must be 'guide' or 'prior', got {start!r}")
             return {n: self.transforms[n].inv(tr.nodes[n]["value"]).detach() for n, _ in self.sites}
+
+    def _unfold(self, lp: torch.Tensor) -> torch.Tensor:
+        """(1, C*B) per-datapoint terms of a folded trace -> (C, B)."""
+        return lp.reshape(self.chains, self.batch) if self.folded else lp
 
     def per_datapoint(self, t: torch.Tensor, name: str) -> torch.Tensor:
         """Sum a tensor shaped like site ``name``'s value over all but (chain, datapoint) -> (C, B)."""
@@ -107,19 +123,34 @@ class Target:
         batch_rank = len(site["fn"].batch_shape)
         if t.dim() > batch_rank:  # event dims (transforms of an event-shaped support already sum them)
             t = t.sum(tuple(range(batch_rank - t.dim(), 0)))
-        return _per_datapoint(dict(site, fn=_Given(t), mask=None, value=None), self.num_dims,
-                              self.program.data_plate)
+        return self._unfold(_per_datapoint(dict(site, fn=_Given(t), mask=None, value=None), self.num_dims,
+                                           self.program.data_plate, particle=not self.folded))
+
+    def data_dim(self, name: str) -> int:
+        site = self.template.nodes[name]
+        frame = next(f for f in site["cond_indep_stack"] if f.name == self.program.data_plate)
+        return site["value"].dim() - len(site["fn"].event_shape) + frame.dim
 
     def expand(self, t: torch.Tensor, name: str) -> torch.Tensor:
         """A (C, B) tensor viewed to broadcast against site ``name``'s value."""
-        site = self.template.nodes[name]
-        value = site["value"]
-        event = len(site["fn"].event_shape)
-        frame = next(f for f in site["cond_indep_stack"] if f.name == self.program.data_plate)
+        value = self.template.nodes[name]["value"]
         view = [1] * value.dim()
+        if self.folded:
+            view[self.data_dim(name)] = t.numel()
+            return t.reshape(view)
+        event = len(self.template.nodes[name]["fn"].event_shape)
         view[value.dim() - event - self.num_dims] = t.shape[0]
-        view[value.dim() - event + frame.dim] = t.shape[1]
+        view[self.data_dim(name)] = t.shape[1]
         return t.reshape(view)
+
+    def at_chains(self, z: torch.Tensor, name: str) -> torch.Tensor:
+        """One value per datapoint (site ``name`` without chains) given to every chain."""
+        value = self.template.nodes[name]["value"]
+        if self.folded:
+            dim = self.data_dim(name) - (value.dim() - z.dim())
+            return z.index_select(dim, torch.arange(self.batch, device=z.device).repeat(self.chains))
+        event = len(self.template.nodes[name]["fn"].event_shape)
+        return z.unsqueeze(value.dim() - event - self.num_dims).expand_as(value)
 
     def parts(self, u: dict):
         """``(log f_0 under both starts, log p(x, z), log |dz/du|)``: the guide's log q, the model's
@@ -134,11 +165,14 @@ class Target:
             if name in z:
                 values.add_node(name, **dict(site, value=z[name]))
         gt = self._guide_trace(values)
-        model = self.pair.model
-        with pyro.plate(PARTICLES, self.chains, dim=-self.num_dims):
-            mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(*self.args, **self.kwargs)
-        terms = terms_from_traces(mt, gt, self.chains, self.program.nesting, self.program.data_plate, self.skip)
-        return terms.log_qz, terms.log_pz, terms.log_px_z + terms.log_pz, log_det
+        with self._particles():
+            mt = poutine.trace(poutine.replay(self.pair.model, trace=gt)).get_trace(*self.args, **self.kwargs)
+        if self.folded:
+            t = terms_from_traces(mt, gt, 1, self.program.nesting, self.program.data_plate, self.skip, particle=False)
+        else:
+            t = terms_from_traces(mt, gt, self.chains, self.program.nesting, self.program.data_plate, self.skip)
+        u_ = self._unfold
+        return u_(t.log_qz), u_(t.log_pz), u_(t.log_px_z + t.log_pz), log_det
 
 
 class _Given:
@@ -345,12 +379,8 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
         with poutine.block(), _FlushDenormals():
             target = Target(pair, program, args, kwargs, chains)
             lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
-            exact = {}
-            for name, _ in target.sites:
-                z = latents[name]
-                site = target.template.nodes[name]
-                z = z.unsqueeze(site["value"].dim() - len(site["fn"].event_shape) - target.num_dims)
-                exact[name] = target.transforms[name].inv(z.expand_as(site["value"])).detach()
+            exact = {name: target.transforms[name].inv(target.at_chains(latents[name], name)).detach()
+                     for name, _ in target.sites}
             upper_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, reverse_from=exact,
                           bar=bar)
         bar.close()

@@ -150,3 +150,28 @@ def test_ais_beats_is_at_comparable_cost_on_a_small_trained_vae():
     assert float(ais_ll.mean()) >= float(is_ll.mean()) - 0.1
     r = bdmc(m, n=5, steps=100, chains=4, leapfrog=4, progress=False)
     assert 0 <= r["summary"]["gap"] < 3.0  # stated bound at 100 steps, 4 chains, 4 leapfrog steps
+
+
+def test_ais_folds_chains_into_the_batch_for_nets_without_a_particle_dim(lg):
+    import warnings
+
+    import programs as P
+
+    m, x = lg
+    program = analyse(m.model, m.guide, (x,), {})
+    program.vectorize = False  # as for BatchNorm nets: chains go into the batch, one plain trace
+    m._pvae_program = program
+    ll = pvae.log_likelihood(m, x, method="ais", steps=4, chains=3, leapfrog=3, progress=False)
+    torch.testing.assert_close(ll, m.exact_log_p(x), atol=1e-4, rtol=0)  # exact posterior start: exact
+    with torch.no_grad():
+        m.log_sigma_q.fill_(math.log(2.5))
+    ll = pvae.log_likelihood(m, x, method="ais", steps=100, chains=8, progress=False)
+    assert abs(float((ll - m.exact_log_p(x)).mean())) < 0.1
+    bn = P.init_(P.BatchNormVAE(x_dim=16, hidden=8))
+    xb = (torch.rand(40, 16, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pvae.fit(bn, xb, epochs=2, batch_size=8, progress=False)
+        a = pvae.log_likelihood(bn, xb[:10], method="ais", steps=30, chains=4, progress=False)
+        i = pvae.log_likelihood(bn, xb[:10], k=500, progress=False)
+    assert abs(float(a.mean() - i.mean())) < 0.5  # both close to log p(x) for this small latent
