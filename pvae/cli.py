@@ -23,8 +23,51 @@ from .objectives import OBJECTIVES
 
 
 # -- the work, shared by the commands -----------------------------------------------------------
+class Members(dict):
+    """Several arrays per datapoint (an .npz with arrays besides x and y), by name, x first: they
+    reach a program of your own as keyword arguments (see :mod:`pvae.inputs`)."""
+
+    y = None
+
+    def __len__(self):
+        return int(next(iter(self.values())).shape[0])
+
+    def eval_x(self):
+        return next(iter(self.values()))
+
+    @property
+    def x(self):
+        return self.eval_x()
+
+
+def _npz_members(path: str, split: str, n=None):
+    """An .npz's arrays for ``split`` (``train_a`` / ``test_a`` prefixes, else all of them) when
+    there are more than x and y; None otherwise."""
+    import numpy as np
+    import torch
+
+    if not (str(path).endswith(".npz") and Path(path).is_file()):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        arrays = dict(z)
+    prefixed = {k[len(split) + 1:]: v for k, v in arrays.items() if k.startswith(f"{split}_")}
+    arrays = prefixed or {k: v for k, v in arrays.items() if not k.startswith(("train_", "test_"))}
+    if "x" not in arrays or not set(arrays) - {"x", "y"}:
+        return None
+    from .data import _to_float
+
+    out = {"x": _to_float(arrays.pop("x"))}
+    out.update({k: torch.from_numpy(v) if v.dtype != np.uint8 else _to_float(v) for k, v in arrays.items()})
+    if n is not None:
+        out = {k: v[:n] for k, v in out.items()}
+    return Members(out)
+
+
 def load_split(args, split):
     n = args.n_train if split == "train" else args.n_test
+    several = _npz_members(args.dataset, split, n)
+    if several is not None:
+        return several
     data = load_dataset(args.dataset, split, data_dir=args.data_dir, binarize=args.binarize, n=n)
     held_out = getattr(args, "exclude_class", None)
     if split == "train" and held_out is not None:  # anomaly detection: a class never seen in training
@@ -323,7 +366,7 @@ def cmd_bdmc(args):
 
     run_dir, model = _open_run(args)
     test = _run_data(run_dir, args)
-    data = test.eval_x()[:args.n] if not hasattr(model, "x_shape") else None
+    data = None if hasattr(model, "x_shape") else test if isinstance(test, Members) else test.eval_x()[:args.n]
     rows = []
     for steps in args.steps:
         r = bdmc(model, n=args.n, steps=steps, chains=args.chains, leapfrog=args.leapfrog, data=data, seed=args.seed,

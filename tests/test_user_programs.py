@@ -4,6 +4,7 @@ same initial values and draws), and evaluates per datapoint, against a closed fo
 exists (linear-Gaussian: the guide is the exact posterior, so log p(x) is exact at any k)."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import pyro
@@ -526,3 +527,24 @@ def test_a_discrete_site_enumerated_in_the_model_only_trains_under_enum_elbo_and
     # c is drawn from its prior by the evaluator (its density cancels): still an unbiased p(x) estimate
     ll = pvae.log_likelihood(m, x, k=2000, progress=False)
     assert float(ll.mean()) >= h[-1]["test_elbo"] - 0.5
+
+
+def test_cli_passes_several_npz_arrays_to_a_program_of_your_own(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from pvae.cli import main
+
+    m = P.LinearGaussian(split=True)
+    v = m.sample_v(60).numpy()
+    np.savez(tmp_path / "views.npz", train_x=v[:40, :2], train_a=v[:40, 2:4], train_b=v[:40, 4:],
+             test_x=v[40:, :2], test_a=v[40:, 2:4], test_b=v[40:, 4:])
+    (tmp_path / "prog.py").write_text(f"import sys\nsys.path.insert(0, {str(Path(P.__file__).parent)!r})\n"
+                                      "import programs\n\ndef Views():\n    return programs.LinearGaussian(split=True)\n")
+    run = tmp_path / "run"
+    assert main(["train", "--model", f"{tmp_path / 'prog.py'}:Views", "--dataset", str(tmp_path / "views.npz"),
+                 "--epochs", "0", "--eval-k", "3", "--run-dir", str(run), "--quiet"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    exact = float(m.exact_log_p(torch.from_numpy(v[40:])).mean())
+    assert results["log_px"] == pytest.approx(exact, abs=1e-3)  # the exact-posterior guide: exact at any k
