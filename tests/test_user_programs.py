@@ -255,6 +255,9 @@ def test_labels_reach_a_model_that_takes_them_and_extra_members_are_never_droppe
     m = P.ExampleVAE(x_dim=16, hidden=8)
     with pytest.raises(ValueError, match="labels= were given, but the model takes no second argument"):
         pvae.fit(m, binary(), labels=y, epochs=1, progress=False)
+    from pvae.inputs import _WARNED
+
+    _WARNED.clear()  # said once per process: forget earlier tests' saying
     with pytest.warns(UserWarning, match=r"carry labels, and the model takes only \(x\): the labels are not passed"):
         pvae.fit(m, pvae.Data(binary(), y), epochs=1, progress=False)
 
