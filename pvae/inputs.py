@@ -35,6 +35,7 @@ class Inputs:
 
     def __init__(self, x: torch.Tensor, args=(), kwargs=None, x_key: str | None = None):
         self.x, self.args, self.kwargs, self.x_key = x, tuple(args), dict(kwargs or {}), x_key
+        self.notes: list = []  # what arranging the data did that a user should hear of
 
     @property
     def n(self) -> int:
@@ -46,8 +47,10 @@ class Inputs:
         return self.args[0] if self.args else None
 
     def to(self, device) -> "Inputs":
-        return Inputs(self.x.to(device), [a.to(device) for a in self.args],
-                      {k: v.to(device) for k, v in self.kwargs.items()}, self.x_key)
+        moved = Inputs(self.x.to(device), [a.to(device) for a in self.args],
+                       {k: v.to(device) for k, v in self.kwargs.items()}, self.x_key)
+        moved.notes = list(self.notes)
+        return moved
 
     def take(self, idx, x: torch.Tensor | None = None, device=None) -> tuple[tuple, dict]:
         """``(args, kwargs)`` for the datapoints ``idx`` (an index tensor or a slice); ``x``
@@ -200,17 +203,10 @@ def arrange(pair, data, labels=None, what: str = "training data", evaluation: bo
                 raise ValueError(f"labels= were given, but the model takes no second argument "
                                  f"({', '.join(pos)}): drop them or add a parameter for them")
             elif not var_pos:
-                _warn_once(f"the {what} carry labels, and the model takes only ({', '.join(pos)}): the labels are "
-                           "not passed (give the model a second argument, e.g. model(x, y=None), to condition on them)")
+                inputs = Inputs(x, extra, kwextra, x_key)
+                inputs.notes = [f"the {what} carry labels, and the model takes only ({', '.join(pos)}): the labels "
+                                "were not passed (give the model a second argument, e.g. model(x, y=None), to "
+                                "condition on them)"]
+                return inputs, mode
     return Inputs(x, extra, kwextra, x_key), mode
 
-
-_WARNED: set = set()
-
-
-def _warn_once(message: str) -> None:
-    import warnings
-
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, stacklevel=4)

@@ -360,6 +360,6 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         torch.distributed.barrier()  # rank 0 has written its checkpoint before anyone returns
     pair.eval()
     history.model, history.run_dir = pair, run_dir
-    history.program, history.notes = program, program.eval_notes()
+    history.program, history.notes = program, inputs.notes + program.eval_notes()
     pair._pvae_program = program  # the evaluator reuses what this analysis found
     return history
