@@ -41,11 +41,16 @@ from .validate import check_positive_int
 class History(list):
     """Per-epoch records (dicts: ``epoch``, ``train_loss``, ``test_elbo``, ``seconds``, ...).
 
-    ``history.model`` is the trained module, ``history.run_dir`` where its files went.
+    ``history.model`` is the trained module, ``history.run_dir`` where its files went,
+    ``history.program`` what tracing the program found (:class:`pvae.program.Program`) and
+    ``history.notes`` what a user should hear of it (labels not passed, global latents held at
+    their guide mean, training scales left out of evaluation, sequential particles).
     """
 
     model = None
     run_dir = None
+    program = None
+    notes: list = []
 
     def column(self, key):
         return [r.get(key) for r in self]
