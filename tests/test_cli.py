@@ -173,3 +173,18 @@ def test_an_iaf_run_reports_and_a_failing_figure_costs_only_itself(tmp_path, cap
     results = json.loads((run / "results.json").read_text())
     assert "log_px" in results and "log_px_se" in results
     assert (run / "interpolation.png").exists() and not (run / "latent_space.png").exists()
+
+
+def test_eval_with_ais_and_bdmc_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--n-train", "200", "--n-test", "8", "--epochs", "1", "--eval-k", "10", "--latent-dim", "4",
+                 "--hidden", "16", "--binarize", "static", "--run-dir", str(run), "--quiet"]) == 0
+    assert main(["eval", str(run), "--k", "50", "--method", "ais", "--steps", "4", "--chains", "2", "--leapfrog", "2",
+                 "--quiet"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["ais_steps"] == 4 and results["log_px_ais"] < 0 and results["log_px_ais_se"] > 0
+    assert abs(results["ais_minus_is"] - (results["log_px_ais"] - results["log_px"])) < 1e-3
+    assert main(["bdmc", str(run), "--n", "4", "--steps", "2", "6", "--chains", "2", "--leapfrog", "2", "--quiet"]) == 0
+    rows = json.loads((run / "bdmc.json").read_text())
+    assert [r["steps"] for r in rows] == [2, 6] and all(r["upper"] >= r["lower"] - 5 for r in rows)
+    assert "| 6 | 2 |" in capsys.readouterr().out
