@@ -201,7 +201,8 @@ def results_table(s: dict) -> str:
     for key, label in ROWS:
         if key in s:
             v = s[key]
-            lines.append(f"| {label} | {v if isinstance(v, int) else f'{v:.3f}'} |")
+            cell = label.replace("|", "\\|")  # a bare | inside a cell would end it
+            lines.append(f"| {cell} | {v if isinstance(v, int) else f'{v:.3f}'} |")
     lines += [f"\nNote: {note}." for note in s.get("notes", [])]
     return "\n".join(lines)
 

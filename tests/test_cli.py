@@ -188,3 +188,13 @@ def test_eval_with_ais_and_bdmc_from_the_command_line(tmp_path, capsys):
     rows = json.loads((run / "bdmc.json").read_text())
     assert [r["steps"] for r in rows] == [2, 6] and all(r["upper"] >= r["lower"] - 5 for r in rows)
     assert "| 6 | 2 |" in capsys.readouterr().out
+
+
+def test_results_table_is_valid_markdown_with_pipes_in_its_labels():
+    import re
+
+    from pvae.cli import ROWS, results_table
+
+    table = results_table({key: 1.0 for key, _ in ROWS})
+    for line in table.splitlines()[2:]:
+        assert len(re.findall(r"(?<!\\)\|", line)) == 3, line  # two cells: no bare | inside a label
