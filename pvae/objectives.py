@@ -36,15 +36,6 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from .program import (PARTICLES, LogWeightTerms, Program, _per_datapoint, analyse, forked_rng, go_sequential,  # noqa: F401
                       latent_sites, log_weight_terms, plain_traces, terms_from_traces)
 
-DATA_PLATE = "data"  # the name pvae's own models give their data plate
-
-
-def guess_max_plate_nesting(model, guide, *args, data_plate: str | None = None, **kwargs) -> int:
-    """How many plate dims the model and guide use, from one plain run of each (the random-number
-    state is restored afterwards, so guessing does not change later draws)."""
-    return analyse(model, guide, args, kwargs, data_plate=data_plate, check_vectorize=False).nesting
-
-
 class ImportanceWeightedELBO(ELBO):
     r"""pvae's per-datapoint importance-weighted (alpha = 0) and Rényi-alpha bound as a Pyro ELBO.
 
@@ -430,13 +421,6 @@ def check_objective(elbo: ELBO, pair, program: Program, args=(), kwargs=None) ->
                       "(infer={'enumerate': 'parallel'} or config_enumerate) is the plain ELBO", stacklevel=3)
 
 
-def check_reparameterized(elbo: ELBO, pair, *args, **kwargs) -> None:
-    """pvae's importance-weighted objectives differentiate through reparameterized draws only (no
-    score-function term): a discrete latent in the guide would silently get no gradient. Refuse."""
-    if isinstance(elbo, ImportanceWeightedELBO):
-        check_importance_weighted(elbo, analyse(pair.model, pair.guide, args, kwargs, check_vectorize=False))
-
-
 def configure(elbo: ELBO, program: Program) -> None:
     """Tell an ELBO what the analysis of the program found: plate dims, the data plate, and
     whether particles can be vectorized."""
@@ -450,15 +434,6 @@ def configure(elbo: ELBO, program: Program) -> None:
     if getattr(elbo, "max_plate_nesting", None) == float("inf"):
         # Pyro counts the vectorized particle dim in max_plate_nesting
         elbo.max_plate_nesting = program.nesting + (1 if getattr(elbo, "vectorize_particles", False) else 0)
-
-
-def set_plate_nesting(elbo: ELBO, nesting: int) -> None:
-    """Tell an ELBO how many plate dims the model uses, where it would otherwise guess."""
-    if isinstance(elbo, ImportanceWeightedELBO):
-        if elbo.plate_nesting == float("inf"):
-            elbo.plate_nesting = nesting
-    elif getattr(elbo, "max_plate_nesting", None) == float("inf"):
-        elbo.max_plate_nesting = nesting + (1 if elbo.vectorize_particles else 0)
 
 
 OBJECTIVES = {

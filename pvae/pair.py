@@ -72,14 +72,6 @@ def match_shape(x: torch.Tensor, pair, what: str = "data") -> torch.Tensor:
     return x.reshape((x.shape[0],) + tuple(shape))
 
 
-def batch_args(x, y, start: int, stop: int, device=None) -> tuple:
-    """The model/guide arguments for datapoints start..stop: ``(x,)``, or ``(x, y)`` with labels."""
-    xb = x[start:stop].to(device) if device is not None else x[start:stop]
-    if y is None:
-        return (xb,)
-    return xb, (y[start:stop].to(device) if device is not None else y[start:stop])
-
-
 def load_program(spec: str) -> nn.Module:
     """A model/guide pair of your own from ``"path/to/file.py:Name"`` or ``"package.module:Name"``:
     ``Name`` is an ``nn.Module`` class with ``.model``/``.guide`` (built with no arguments), or a

@@ -43,6 +43,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 PARTICLES = "_pvae_particles"
+DATA_PLATE = "data"  # the name pvae's own models give their data plate
 
 
 class ParticleShapeError(ValueError):
@@ -124,9 +125,9 @@ def where(site) -> str:
     return f"in plate {names[0]!r}" if len(names) == 1 else f"in plates {names}" if names else "in no plate"
 
 
-def outside_error(site, data_plate: str, fix: str = "") -> ValueError:
+def outside_error(site, data_plate: str) -> ValueError:
     return ValueError(f"sample site {site['name']!r} is outside the data plate {data_plate!r} ({where(site)}): "
-                      f"pvae computes per-datapoint bounds{fix or ', so every sample site of a datapoint must sit inside that plate'}")
+                      "pvae computes per-datapoint bounds, so every sample site of a datapoint must sit inside that plate")
 
 
 def in_plate(site, data_plate: str) -> bool:
@@ -403,9 +404,9 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.dim()), None)
     batch = first.shape[0] if first is not None else None
     if trusted and data_plate is None:
-        data_plate = "data"  # pvae's own models name their data plate so
+        data_plate = DATA_PLATE
     plate = find_data_plate(model_trace, guide_trace, batch, data_plate)
-    nesting, global_sites, scaled, not_rep = 0, [], [], []
+    nesting, global_sites, scaled = 0, [], []
     for tr in (model_trace, guide_trace):
         for name, site in tr.nodes.items():
             if not is_counted(site):
@@ -417,22 +418,19 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
             if isinstance(scale, torch.Tensor) or scale != 1.0:
                 if name not in scaled and not _only_subsample_scale(site, plate):
                     scaled.append(name)
-    prior_sites = [n for n, s in latent_sites(model_trace) if n not in guide_trace.nodes]
-    model_enumerated = tuple(n for n, s in latent_sites(model_trace)
-                             if n not in guide_trace.nodes and s["infer"].get("enumerate"))
-    guide_only = [n for n, s in latent_sites(guide_trace)
-                  if n not in model_trace.nodes and not s["infer"].get("is_auxiliary")]
-    for name, site in latent_sites(guide_trace):
-        if not site["fn"].has_rsample:
-            not_rep.append(name)
+    prior = [(n, s) for n, s in latent_sites(model_trace) if n not in guide_trace.nodes]
+    prior_sites = [n for n, _ in prior]
+    model_enumerated = tuple(n for n, s in prior if s["infer"].get("enumerate"))
+    guide_latents = latent_sites(guide_trace)
+    auxiliary = tuple(n for n, s in guide_latents if s["infer"].get("is_auxiliary"))
+    guide_only = [n for n, _ in guide_latents if n not in model_trace.nodes and n not in auxiliary]
+    not_rep = [n for n, s in guide_latents if not s["fn"].has_rsample]
     enumerated = any(s["infer"].get("enumerate") for tr in (model_trace, guide_trace)
                      for s in tr.nodes.values() if s["type"] == "sample")
     program = Program(plate, nesting, vectorize=True, global_sites=tuple(global_sites), scaled_sites=tuple(scaled),
-                      prior_sites=tuple(prior_sites), guide_only=tuple(guide_only), enumerated=enumerated,
-                      not_reparameterized=tuple(not_rep))
-    program.model_enumerated = model_enumerated
-    program.auxiliary = tuple(n for n, s in latent_sites(guide_trace) if s["infer"].get("is_auxiliary"))
-    program.checked = check_vectorize or trusted
+                      prior_sites=tuple(prior_sites), guide_only=tuple(guide_only), auxiliary=auxiliary,
+                      model_enumerated=model_enumerated, enumerated=enumerated,
+                      not_reparameterized=tuple(not_rep), checked=check_vectorize or trusted)
     unexpected = [n for n in prior_sites if not n.endswith("_unobserved") and n not in model_enumerated]
     if unexpected:
         warnings.warn(f"latent sites {unexpected} of the model have no match in the guide: they are drawn from "

@@ -83,7 +83,9 @@ def mean_elbo(pair, data, program: Program | None = None, batch_size: int = 1000
     latents are held at their guide mean."""
     inputs = data if isinstance(data, Inputs) else arrange(pair, data, what="evaluation data", evaluation=True)[0]
     if program is None:
-        program = analyse(pair.model, pair.guide, *inputs.head(batch_size), module=pair, trusted=own_model(pair))
+        from .evaluate import program_of
+
+        program = program_of(pair, inputs, batch_size=batch_size)
     total, fixed = 0.0, None
     for s in range(0, inputs.n, batch_size):
         args, kwargs = inputs.take(slice(s, s + batch_size))
