@@ -7,6 +7,7 @@
 >>> ll = pvae.log_likelihood(m, test, k=5000)                              # doctest: +SKIP
 """
 
+from . import callbacks
 from .ais import bdmc
 from .applications import anomaly_scores, auroc, corrupt, inpaint
 from .checkpoint import load, load_checkpoint, save_checkpoint
@@ -19,6 +20,7 @@ from .objectives import (CombinationIWAE, DReGIWAE, ImportanceWeightedELBO, Mult
                          PartialIWAE, PyroRenyiELBO, StickingTheLandingELBO, log_weight_terms, objective)
 from .pair import ModelGuide
 from .presets import PRESETS, preset
+from .report import report
 from .train import History, fit
 
 __version__ = "0.1.0"
@@ -29,7 +31,7 @@ __all__ = [
     "DReGIWAE", "StickingTheLandingELBO", "PartialIWAE", "PyroRenyiELBO", "log_weight_terms", "scale_latents",
     "log_likelihood", "bdmc", "evaluate", "active_units", "posterior_means", "ess", "psis_khat",
     "anomaly_scores", "auroc", "corrupt", "inpaint",
-    "load", "load_checkpoint", "save_checkpoint", "Data", "load_dataset",
+    "load", "load_checkpoint", "save_checkpoint", "Data", "load_dataset", "report", "callbacks",
 ]
 
 

@@ -9,18 +9,18 @@ along the geometric path
 .. math:: \log f_t(z) = \log f_0(z) + \beta_t (\log p(x, z) - \log f_0(z)),
           \qquad 0 = \beta_0 < \beta_1 < \dots < \beta_T = 1,
 
-with z_0 ~ f_0 and, for t = 1..T, the log-weight increment (:func:`ais`, ``log_w += ...``)
+with z_0 ~ f_0 and, for t = 1..T, the log-weight increment (`ais`, ``log_w += ...``)
 
 .. math:: \log w \mathrel{+}= (\beta_t - \beta_{t-1}) (\log p(x, z_{t-1}) - \log f_0(z_{t-1})),
 
-followed by an HMC transition z_t ~ T_t(. | z_{t-1}) that leaves f_t invariant (:func:`hmc`).
+followed by an HMC transition z_t ~ T_t(. | z_{t-1}) that leaves f_t invariant (`hmc`).
 E[w] = p(x), so log (1/C) sum_c w_c is a stochastic lower bound on log p(x) (Jensen) that
 tightens as T grows. HMC runs in the unconstrained space of each latent site (u = T^{-1}(z),
 target density f_t(T(u)) |dT/du|), with one step size per datapoint, adapted toward an
 acceptance rate of 0.65, and ``leapfrog`` steps per transition; everything is vectorized over
-(chains, datapoints) through the particle dim of :mod:`pvae.program`.
+(chains, datapoints) through the particle dim of [`pvae.program`][pvae.program].
 
-**BDMC** (:func:`bdmc`): on data simulated from the model, (z*, x) ~ p(z) p(x|z), z* is an exact
+**BDMC** (`bdmc`): on data simulated from the model, (z*, x) ~ p(z) p(x|z), z* is an exact
 posterior sample. Reverse AIS starts at z* with beta = 1 and anneals down to f_0; its weight has
 expectation 1/p(x), so -log of it is a stochastic **upper** bound. The gap between the forward
 (lower) and reverse (upper) bounds bounds the error of AIS with that schedule on such data.
@@ -35,9 +35,9 @@ import pyro
 import torch
 from pyro import poutine
 from torch.distributions import biject_to
-from tqdm.auto import tqdm
 
 from .program import PARTICLES, Program, _per_datapoint, fix_globals, latent_sites, terms_from_traces
+from .progress import bar as progress_bar
 
 TARGET_ACCEPT = 0.65
 
@@ -300,8 +300,8 @@ def ais_log_likelihood(model, data, *, steps: int = 500, chains: int = 16, start
     was = pair.training
     pair.eval()
     out = []
-    bar = tqdm(total=(len(betas) - 2) * math.ceil(inputs.n / batch_size), desc="AIS", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=(len(betas) - 2) * math.ceil(inputs.n / batch_size), desc="AIS",
+                       progress=progress)
     try:
         fixed = None
         for s in range(0, inputs.n, batch_size):
@@ -375,7 +375,7 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
         sim = Inputs(x, [a[:n].to(device) for a in template.args],
                      {k: v[:n].to(device) for k, v in template.kwargs.items()}, template.x_key)
         args, kwargs = sim.take(slice(0, n))
-        bar = tqdm(total=2 * (len(betas) - 2), desc="BDMC", disable=not progress, leave=False)
+        bar = progress_bar(total=2 * (len(betas) - 2), desc="BDMC", progress=progress)
         with poutine.block(), _FlushDenormals():
             target = Target(pair, program, args, kwargs, chains)
             lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)

@@ -1,7 +1,7 @@
 """What users build with a trained model: anomaly scores and their AUROC, denoising and inpainting.
 
 Anomaly detection by likelihood: a datapoint the model finds improbable is suspicious, so its
-score is -log p(x), estimated by importance sampling (:func:`pvae.log_likelihood`). AUROC is the
+score is -log p(x), estimated by importance sampling ([`pvae.log_likelihood`][pvae.log_likelihood]). AUROC is the
 probability that a random anomaly scores higher than a random normal datapoint (ties count
 half), computed exactly from the scores (the Mann-Whitney U statistic).
 
@@ -22,7 +22,7 @@ from .pair import device_of
 
 
 def anomaly_scores(model, data, k: int = 1000, **kwargs) -> torch.Tensor:
-    """-log p(x) per datapoint (higher: more anomalous); ``kwargs`` go to :func:`pvae.log_likelihood`."""
+    """-log p(x) per datapoint (higher: more anomalous); ``kwargs`` go to [`pvae.log_likelihood`][pvae.log_likelihood]."""
     return -log_likelihood(model, data, k=k, **kwargs)
 
 
@@ -82,7 +82,7 @@ def inpaint(model, x, observed, k: int = 500, fill=None, proposal: str = "mixtur
 
 
 def _inpaint_batch(model, x, observed, guide_input, k, proposal):
-    """:func:`inpaint` for one batch of datapoints, already on the model's device and shape."""
+    """`inpaint` for one batch of datapoints, already on the model's device and shape."""
     obs = observed.to(x.dtype)
     q, p = model.posterior(guide_input), model.prior(x.shape[0])
     n_q = {"guide": k, "prior": 0, "mixture": k // 2}[proposal]

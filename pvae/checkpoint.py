@@ -9,13 +9,17 @@ random-number-generator states, the epoch, the history so far and a format versi
 from __future__ import annotations
 
 import json
+import pickle
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # the checkpoint of the best test ELBO so far
+REQUIRED = ("model_state", "epoch", "history", "fit_config", "config")
 
 
 def atomic_write(path, write) -> None:
@@ -24,10 +28,15 @@ def atomic_write(path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except RuntimeError as e:  # torch.save's writer on a full disk: "enforce fail at inline_container.cc"
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(f"cannot write {path}: {'the disk is full' if free < 2 ** 20 else 'write failed'} "
+                          f"({free / 2 ** 20:.0f} MB free; {str(e).splitlines()[0][:80]})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -73,19 +82,49 @@ def resolve(path) -> Path:
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Read a checkpoint (a file or a run folder) safely; ``config``/``history`` come back parsed."""
     path = resolve(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise ValueError(f"{path} is not a pvae checkpoint (not a file torch.save wrote)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - one clear line for truncated, corrupt or unsafe files
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never pass that on
+        raise ValueError(f"cannot read checkpoint {path}: it holds Python objects that could run code when "
+                         "loaded; pvae reads only tensors, numbers and strings (refused)") from None
+    except Exception as e:  # noqa: BLE001 - one clear line for truncated or corrupt files
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'}") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise ValueError(f"{path} is not a pvae checkpoint")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a complete pvae checkpoint: it lacks {', '.join(missing)}")
     if state["format_version"] != FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format {state['format_version']}, this pvae reads "
                          f"format {FORMAT_VERSION}")
     for key in ("config", "history", "fit_config"):
-        state[key] = json.loads(state[key])
+        try:
+            state[key] = json.loads(state[key])
+        except (TypeError, json.JSONDecodeError):
+            raise ValueError(f"{path} is damaged: its {key} is not valid JSON") from None
     return state
+
+
+def load_state(module, state: dict, path) -> None:
+    """``module.load_state_dict(state["model_state"])``, a mismatch said in one line."""
+    try:
+        module.load_state_dict(state["model_state"])
+    except RuntimeError:
+        own, saved = module.state_dict(), state["model_state"]
+        for name in own:
+            if name in saved and tuple(saved[name].shape) != tuple(own[name].shape):
+                raise ValueError(f"checkpoint {resolve(path)} does not fit this model: {name} has shape "
+                                 f"{tuple(saved[name].shape)} there and {tuple(own[name].shape)} here (another "
+                                 "model size)") from None
+        missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+        raise ValueError(f"checkpoint {resolve(path)} does not fit this model ({type(module).__name__}): "
+                         + (f"it lacks {missing[0]}" if missing else f"it has {extra[0]}, which this model has not")
+                         + (f" and {len(missing) + len(extra) - 1} more" if len(missing) + len(extra) > 1 else "")) from None
 
 
 _CONSTRAINTS = ("real", "positive", "unit_interval", "simplex", "nonnegative", "lower_cholesky",
@@ -150,7 +189,7 @@ def load(path, model=None, map_location="cpu"):
             raise ValueError(f"{resolve(path)} holds a model of your own ({state['model_class'] or 'no config'}): "
                              "build it and pass it as pvae.load(path, model=...)")
         model = cls(**state["config"])
-    model.load_state_dict(state["model_state"])
+    load_state(model, state, path)
     if state.get("pyro_params"):
         load_store_params(path, map_location)
     return model.to(map_location) if map_location is not None else model

@@ -8,9 +8,11 @@ Bad input prints one line (``pvae: error: ...``) and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,12 +22,13 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
 from .objectives import OBJECTIVES
+from .report import report, results_table
 
 
 # -- the work, shared by the commands -----------------------------------------------------------
 class Members(dict):
     """Several arrays per datapoint (an .npz with arrays besides x and y), by name, x first: they
-    reach a program of your own as keyword arguments (see :mod:`pvae.inputs`)."""
+    reach a program of your own as keyword arguments (see [`pvae.inputs`][pvae.inputs])."""
 
     y = None
 
@@ -48,8 +51,9 @@ def _npz_members(path: str, split: str, n=None):
 
     if not (str(path).endswith(".npz") and Path(path).is_file()):
         return None
-    with np.load(path, allow_pickle=False) as z:
-        arrays = dict(z)
+    from .data import read_arrays
+
+    arrays = read_arrays(path)
     prefixed = {k[len(split) + 1:]: v for k, v in arrays.items() if k.startswith(f"{split}_")}
     arrays = prefixed or {k: v for k, v in arrays.items() if not k.startswith(("train_", "test_"))}
     if "x" not in arrays or not set(arrays) - {"x", "y"}:
@@ -63,155 +67,31 @@ def _npz_members(path: str, split: str, n=None):
     return Members(out)
 
 
+GREY_IMAGES = ("fashion-mnist-sample", "sample", "fashion-mnist", "fmnist", "mnist")
+
+
+def binarization(args) -> str:
+    """``--binarize auto``: dynamic for grey images under a Bernoulli likelihood (the standard
+    protocol, and the demo's), none otherwise."""
+    if args.binarize != "auto":
+        return args.binarize
+    bernoulli = getattr(args, "likelihood", "bernoulli") == "bernoulli" and not own_program(args)
+    return "dynamic" if bernoulli and args.dataset in GREY_IMAGES else "none"
+
+
 def load_split(args, split):
     n = args.n_train if split == "train" else args.n_test
     several = _npz_members(args.dataset, split, n)
     if several is not None:
         return several
-    data = load_dataset(args.dataset, split, data_dir=args.data_dir, binarize=args.binarize, n=n)
+    data = load_dataset(args.dataset, split, data_dir=args.data_dir, binarize=binarization(args), n=n)
     held_out = getattr(args, "exclude_class", None)
     if split == "train" and held_out is not None:  # anomaly detection: a class never seen in training
         if data.y is None or not bool((data.y == held_out).any()):
             raise ValueError(f"--exclude-class {held_out}: the training data have no such class")
         keep = data.y != held_out
-        data = type(data)(data.x[keep], data.y[keep], name=data.name, binarize=data.binarize)
+        data = type(data)(data.x[keep], data.y[keep], name=data.name, binarize=data.binarize, classes=data.classes)
     return data
-
-
-class _SafePlots:
-    """pvae.plots where a failing figure costs only that figure: one line on stderr, no traceback."""
-
-    def __init__(self):
-        from . import plots
-
-        self._plots = plots
-
-    def __getattr__(self, name):
-        fn = getattr(self._plots, name)
-
-        def draw(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - results are already written; say what is missing
-                print(f"pvae: figure {name} not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                      file=sys.stderr)
-        return draw
-
-
-def _figures(model, test, x, run_dir: Path) -> None:
-    """The figures that fit ``model``: each variant draws what it has the methods for."""
-    plots = _SafePlots()
-
-    y = test.y
-    if getattr(model, "needs_labels", False) and not hasattr(model, "classify"):
-        n = min(10, x.shape[0])
-        plots.image_grid([x[:n].to(model.device), model.reconstruct(x[:n].to(model.device), y[:n].to(model.device))],
-                         run_dir / "reconstructions.png", titles=["input", "reconstruction"])
-    elif hasattr(model, "complete"):  # structured output: the hidden part predicted from the visible
-        plots.completions(model, x, path=run_dir / "completions.png")
-    elif hasattr(model, "reconstruct"):
-        plots.reconstructions(model, x, path=run_dir / "reconstructions.png")
-    if hasattr(model, "num_classes") and getattr(model, "needs_labels", False):
-        plots.class_samples(model, path=run_dir / "samples.png")
-    elif hasattr(model, "sample"):
-        plots.samples(model, path=run_dir / "samples.png")
-    latent_dim = getattr(model, "latent_dim", None)
-    continuous = (hasattr(model, "encode") and hasattr(model, "decode") and latent_dim
-                  and not getattr(model, "needs_labels", False) and not hasattr(model, "complete"))
-    if continuous:
-        plots.latent_space(model, x, y, path=run_dir / "latent_space.png", max_points=x.shape[0])
-        plots.interpolation(model, x[0], x[1], path=run_dir / "interpolation.png")
-        if latent_dim == 2 and hasattr(model, "sample"):
-            plots.latent_map(model, path=run_dir / "latent_map.png")
-        if latent_dim >= 2:
-            plots.traversal(model, x[0], path=run_dir / "traversal.png")
-
-
-def report(model, test, run_dir: Path, k: int, history=None, progress=True, seed: int = 0, ais=None) -> dict:
-    """Evaluate ``model`` on ``test``, draw the figures, write results.json and summary.md.
-
-    Point-mass guides (AE, VQ-VAE) have no density to importance-sample with: they are scored by
-    their reconstruction term alone (k = 1). A semi-supervised model is scored on unlabelled test
-    data (log p(x), y summed out by sampling q(y|x)) and by its classifier's test accuracy.
-    """
-    import torch
-
-    from .checkpoint import write_text
-    from .evaluate import evaluate
-
-    torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    point_mass = getattr(model, "point_mass", False)
-    semi = getattr(model, "missing_labels", False)
-    labels = torch.full((len(test),), -1) if semi else None
-    res = evaluate(model, test, k=1 if point_mass else k, progress=progress, khat=not point_mass, labels=labels,
-                   data_plate=getattr(model, "_pvae_data_plate", None))
-    s = dict(res["summary"], eval_seconds=time.perf_counter() - t0)
-    if point_mass:
-        s = {key: v for key, v in s.items() if key not in ("log_px", "log_px_se", "log_px_mc_se", "elbo", "kl", "ess")}
-    elif ais is not None:  # annealed importance sampling next to importance sampling
-        from .evaluate import log_likelihood, standard_error
-
-        t1 = time.perf_counter()
-        ll = log_likelihood(model, test, method="ais", progress=progress, labels=labels,
-                            data_plate=getattr(model, "_pvae_data_plate", None), **ais)
-        s.update(log_px_ais=float(ll.mean()), log_px_ais_se=standard_error(ll),
-                 ais_minus_is=float((ll - res["log_px"]).mean()), ais_seconds=time.perf_counter() - t1,
-                 ais_steps=ais["steps"], ais_chains=ais["chains"])
-    x = test.eval_x()
-    x = x.reshape((len(test),) + tuple(model.x_shape)) if hasattr(model, "x_shape") else x
-    if semi:
-        s["accuracy"] = model.accuracy(x, test.y)
-    if hasattr(model, "reconstruct") and not (getattr(model, "needs_labels", False) and not semi):
-        with torch.no_grad():  # in batches: mean squared error of reconstruct(x) against x
-            s["recon_mse"] = sum(float(((model.reconstruct(xb.to(model.device)).cpu() - xb) ** 2).sum())
-                                 for xb in x.split(1000)) / x.numel()
-    if hasattr(model, "temperature"):
-        s["temperature"] = model.temperature
-    if history:
-        s["train_seconds"] = sum(r["seconds"] for r in history)
-        s["epochs"] = history[-1]["epoch"]
-    write_text(run_dir / "results.json", json.dumps(s, indent=1))  # results first: a figure cannot lose them
-    plots = _SafePlots()
-    _figures(model, test, x, run_dir)
-    if "khat" in res:
-        plots.khat_histogram(res["khat"], path=run_dir / "khat.png")
-    if history:
-        plots.training_curves(history, path=run_dir / "training_curves.png")
-    write_text(run_dir / "summary.md", summary_markdown(s, run_dir))
-    return s
-
-
-ROWS = [("accuracy", "test accuracy of q(y|x)"), ("log_px", "test log p(x) (nats, importance-sampled)"),
-        ("log_px_se", "  standard error of that mean (over test datapoints)"),
-        ("log_px_mc_se", "  of which Monte Carlo (the sampler's own)"),
-        ("log_px_ais", "test log p(x) by AIS (nats)"), ("log_px_ais_se", "  standard error of that mean"),
-        ("ais_minus_is", "  AIS minus IS, mean per datapoint"), ("ais_steps", "  AIS steps"),
-        ("ais_chains", "  AIS chains"), ("ais_seconds", "  AIS seconds"), ("elbo", "test ELBO"),
-        ("recon", "  reconstruction E_q[log p(x|z)]"), ("recon_mse", "reconstruction mean squared error"), ("kl", "  KL(q(z|x) || p(z))"),
-        ("active_units", "active units (Cov_x E_q[u] > 0.01)"), ("ess", "importance-sampling ESS"),
-        ("khat_median", "PSIS k-hat, median"), ("khat_max", "PSIS k-hat, max"),
-        ("khat_gt_0_7", "share of k-hat > 0.7"), ("temperature", "Gumbel-softmax temperature at the end"),
-        ("train_seconds", "training seconds"),
-        ("eval_seconds", "evaluation seconds")]
-
-
-def results_table(s: dict) -> str:
-    lines = ["| quantity | value |", "|---|---|"]
-    for key, label in ROWS:
-        if key in s:
-            v = s[key]
-            cell = label.replace("|", "\\|")  # a bare | inside a cell would end it
-            lines.append(f"| {cell} | {v if isinstance(v, int) else f'{v:.3f}'} |")
-    lines += [f"\nNote: {note}." for note in s.get("notes", [])]
-    return "\n".join(lines)
-
-
-def summary_markdown(s: dict, run_dir: Path) -> str:
-    figs = [f for f in ("reconstructions", "completions", "samples", "latent_space", "latent_map", "interpolation",
-                        "traversal", "training_curves", "khat") if (run_dir / f"{f}.png").exists()]
-    return (f"# pvae run `{run_dir.name}`\n\n{s['n']} test datapoints, k = {s['k']} importance samples.\n\n"
-            + results_table(s) + "\n\n" + "\n".join(f"![{f}]({f}.png)" for f in figs) + "\n")
 
 
 #: ``--model`` choices: the variant each builds, with which objective it trains by default
@@ -224,6 +104,11 @@ MODEL_CHOICES = {
     "ae": ("AE: point-mass guide (--noise > 0: denoising)", "elbo"),
     "vqvae": ("VQVAE: nearest-code point-mass guide, --num-codes codes", "elbo"),
 }
+
+
+#: the class each ``--model`` builds (a --preset of two layers: HierarchicalVAE)
+MODEL_CLASSES = {"vae": "VAE", "cvae": "ConditionalVAE", "m2": "SemiSupervisedVAE", "structured": "StructuredCVAE",
+                 "gumbel": "GumbelSoftmaxVAE", "ae": "AE", "vqvae": "VQVAE"}
 
 
 def own_program(args) -> bool:
@@ -297,41 +182,126 @@ def _num_classes(data) -> int:
     return int(data.y.max()) + 1 if data.y is not None else 10
 
 
+#: CLI options that configure the model, by the name its stored config uses
+MODEL_OPTIONS = {"latent_dim": "latent_dim", "hidden": "hidden", "activation": "activation",
+                 "likelihood": "likelihood", "guide": "guide", "beta": "beta", "net": "net", "rank": "rank",
+                 "flow_steps": "flow_steps", "likelihood_scale": "likelihood_scale", "num_codes": "num_codes",
+                 "num_vars": "num_vars", "num_classes": "num_classes", "noise": "noise", "visible": "visible"}
+#: CLI options that configure training, by the name fit's stored config uses
+FIT_OPTIONS = {"objective": "objective", "k": "k", "alpha": "alpha", "batch_size": "batch_size", "lr": "lr",
+               "seed": "seed", "warmup_epochs": "warmup_epochs", "clip_grad": "clip_grad"}
+DATA_OPTIONS = ("dataset", "binarize", "n_train", "n_test", "exclude_class")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def resume_settings(args) -> None:
+    """``--resume RUN``: the run continues as it was configured. Options the user did not give
+    are taken from the run; an option given with another value than the run's is an error."""
+    from .checkpoint import load_checkpoint, resolve
+    from .runs import read_json
+
+    state = load_checkpoint(args.resume)
+    given, folder = getattr(args, "_given", set()), resolve(args.resume).parent
+    saved_fit, saved_model = state["fit_config"], state["config"] or {}
+    data = read_json(folder / "data.json") if (folder / "data.json").exists() else {}
+    if "model" in given and not own_program(args) and state["model_class"] not in (MODEL_CLASSES.get(args.model),
+                                                                                   "HierarchicalVAE"):
+        raise ValueError(f"--model {args.model} conflicts with the run in {folder}, a {state['model_class']}; "
+                         "resuming continues that run (start a new run to change it)")
+    checks = [(k, saved_model.get(v), "model") for k, v in MODEL_OPTIONS.items() if v in saved_model]
+    checks += [(k, saved_fit.get(v), "training") for k, v in FIT_OPTIONS.items() if v in saved_fit]
+    checks += [(k, data.get(k), "data") for k in DATA_OPTIONS if k in data]
+    for key, saved, kind in checks:
+        mine = getattr(args, key, None)
+        if key in given and _differs(mine, saved):
+            raise ValueError(f"{_flag(key)} {_show(mine)} conflicts with the run in {folder}, whose {kind} setting is "
+                             f"{_show(saved)}: resuming continues a run as it was configured (leave the option out, "
+                             "or start a new run to change it)")
+        if key not in given and hasattr(args, key):
+            setattr(args, key, saved)
+    if args.run_dir is None:
+        args.run_dir = str(folder)
+
+
+def _differs(mine, saved) -> bool:
+    if isinstance(mine, (list, tuple)) or isinstance(saved, (list, tuple)):
+        return list(mine or []) != list(saved or [])
+    if isinstance(mine, (int, float)) and isinstance(saved, (int, float)):
+        return float(mine) != float(saved)
+    return mine != saved
+
+
+def _show(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
 def cmd_train(args):
+    import pyro
+    import torch
+
     from .checkpoint import write_text
+    from .runs import RunLock, dumps, fresh, prepare
     from .train import fit
 
-    train, test = load_split(args, "train"), load_split(args, "test")
-    model = build_model(args, train.x.shape[1:], _num_classes(train))
-    if args.resume and not own_program(args):
-        from .checkpoint import load
+    if args.resume is not None:
+        if not str(args.resume).strip():
+            raise ValueError("--resume must name a run folder or checkpoint, got an empty string")
+        resume_settings(args)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns the run folder
+    if args.run_dir is None and "TORCHELASTIC_RUN_ID" in os.environ:  # one name for every rank
+        args.run_dir = str(Path("runs") / f"{args.kind}-{os.environ['TORCHELASTIC_RUN_ID']}")
+    run_dir = args.run_dir if args.run_dir is not None else fresh(args.kind)
+    if main_rank:
+        run_dir = prepare(run_dir, overwrite=args.overwrite, resume=args.resume)
+    with RunLock(run_dir) if main_rank else contextlib.nullcontext():
+        if main_rank:
+            print(f"writing to {run_dir}", flush=True)
+        train, test = load_split(args, "train"), load_split(args, "test")
+        torch.manual_seed(args.seed)  # the same command builds the same initial weights
+        pyro.set_rng_seed(args.seed)
+        model = build_model(args, train.x.shape[1:], _num_classes(train))
+        if args.resume and not own_program(args):
+            from .checkpoint import load
 
-        model = load(args.resume)
-    run_dir = Path(args.run_dir)
-    h = fit(model, training_data(args, train), objective=default_objective(args), k=args.k, alpha=args.alpha, epochs=args.epochs,
-            batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, test=test,
-            warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume, progress=not args.quiet,
-            precision=args.precision, compile=args.compile, clip_grad=args.clip_grad,
-            data_plate=getattr(args, "data_plate", None))
-    data = {k: getattr(args, k) for k in ("dataset", "data_dir", "binarize", "n_test")}
-    if own_program(args):  # how `pvae eval` rebuilds it
-        data.update(program=args.model, data_plate=h.program.data_plate)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # under torchrun: rank 0 evaluates and writes the run's files
-    write_text(run_dir / "data.json", json.dumps(data, indent=1))
-    if args.eval_k > 0:
-        s = report(h.model, test, run_dir, args.eval_k, history=h, progress=not args.quiet, seed=args.seed)
-        print(results_table(s))
-    print(f"run folder: {run_dir}")
+            model = load(args.resume)
+        h = fit(model, training_data(args, train), objective=default_objective(args), k=args.k, alpha=args.alpha,
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                test=test, warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume,
+                progress=not args.quiet, precision=args.precision, compile=args.compile, clip_grad=args.clip_grad,
+                data_plate=getattr(args, "data_plate", None), overwrite=True,
+                callbacks=[TensorBoard(args.tensorboard)] if getattr(args, "tensorboard", None) else ())
+        data = {k: getattr(args, k, None) for k in ("dataset", "data_dir", "n_train", "n_test", "exclude_class")}
+        data["binarize"] = binarization(args)
+        if own_program(args):  # how `pvae eval` rebuilds it
+            data.update(program=args.model, data_plate=h.program.data_plate)
+        if not main_rank:
+            return  # under torchrun: rank 0 evaluates and writes the run's files
+        write_text(run_dir / "data.json", dumps(data))
+        if args.eval_k > 0:
+            s = report(h.model, test, run_dir, args.eval_k, history=h, progress=not args.quiet, seed=args.seed)
+            print(results_table(s))
+        print(f"run folder: {run_dir}")
+
+
+def TensorBoard(log_dir):
+    from .callbacks import TensorBoard as board
+
+    return board(log_dir)
 
 
 def _open_run(args):
     """``args.run`` (a run folder or a checkpoint in one) -> (the run folder, the trained model)."""
     from .checkpoint import load
+    from .runs import read_json
 
+    if not str(args.run).strip():
+        raise ValueError("the run must name a run folder or checkpoint, got an empty string")
     run_dir = Path(args.run)
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
-    saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
+    saved = read_json(run_dir / "data.json") if (run_dir / "data.json").exists() else {}
     if saved.get("program"):  # a program of the user's own: rebuilt from its spec, then loaded
         from .pair import load_program
 
@@ -342,21 +312,30 @@ def _open_run(args):
 
 
 def _run_data(run_dir: Path, args):
-    saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
-    for key in ("dataset", "data_dir", "binarize", "n_test"):
+    from .runs import read_json
+
+    saved = read_json(run_dir / "data.json") if (run_dir / "data.json").exists() else {}
+    for key in ("dataset", "data_dir", "binarize", "n_test", "exclude_class"):
         if getattr(args, key, None) is None:
             setattr(args, key, saved.get(key, {"dataset": EMBEDDED, "binarize": "none"}.get(key)))
     args.n_train = None
+    args.model = saved.get("program") or "vae"
     return load_split(args, "test")
 
 
 def cmd_eval(args):
+    from .runs import RunLock, prepare, read_json
+
     run_dir, model = _open_run(args)
     test = _run_data(run_dir, args)
-    hist = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else None
+    hist = read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else None
     ais = dict(steps=args.steps, chains=args.chains, leapfrog=args.leapfrog) if args.method == "ais" else None
-    s = report(model, test, run_dir, args.k, history=hist, progress=not args.quiet, seed=args.seed, ais=ais)
+    name = f"eval-{args.method}-k{args.k}" + (f"-steps{args.steps}" if ais else "") + f"-seed{args.seed}"
+    out = prepare(args.out if args.out else run_dir / name, overwrite=args.overwrite)  # never the training results
+    with RunLock(out):
+        s = report(model, test, out, args.k, history=hist, progress=not args.quiet, seed=args.seed, ais=ais)
     print(results_table(s))
+    print(f"wrote {out}")
 
 
 def cmd_bdmc(args):
@@ -395,7 +374,7 @@ def cmd_sample(args):
                "AE": "a point-mass autoencoder has no generative prior"}.get(type(model).__name__, "")
         raise ValueError(f"{type(model).__name__} has no sample(): {why}" if why else
                          f"{type(model).__name__} has no sample() method")
-    out = Path(args.out) if args.out else run_dir / "samples.png"
+    out = Path(args.out) if args.out else run_dir / f"samples-n{args.n}-seed{args.seed}.png"
     plots.samples(model, n=args.n, path=out, seed=args.seed)
     if args.save_tensor:
         torch.manual_seed(args.seed)
@@ -405,17 +384,19 @@ def cmd_sample(args):
 
 def cmd_compare(args):
     from .compare import compare
+    from .runs import fresh
 
+    run_dir = args.run_dir if args.run_dir is not None else fresh("compare")
     train, test = load_split(args, "train"), load_split(args, "test")
     def model():  # called after compare() seeds: every objective starts from the same weights
         return build_model(args, train.x.shape[1:], _num_classes(train))
 
     out = compare(model, training_data(args, train), test, args.objectives, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  seed=args.seed, device=args.device, eval_k=args.eval_k, run_dir=args.run_dir,
-                  progress=not args.quiet, data_plate=args.data_plate,
+                  seed=args.seed, device=args.device, eval_k=args.eval_k, run_dir=run_dir,
+                  progress=not args.quiet, data_plate=args.data_plate, overwrite=args.overwrite,
                   ais=dict(steps=args.ais_steps, chains=args.ais_chains) if args.ais_steps else None)
     print(out["table"])
-    print(f"run folder: {args.run_dir}")
+    print(f"run folder: {run_dir}")
 
 
 def cmd_demo(args):
@@ -426,10 +407,11 @@ def cmd_demo(args):
                            model="vae", prior=None,
                            preset=None, inference="bottom-up", rank=None, flow_steps=None,
                            k=1, alpha=0.5, batch_size=100, lr=1e-3, warmup_epochs=0, resume=None, precision="fp32",
-                           compile=False, clip_grad=None).items():
+                           compile=False, clip_grad=None, exclude_class=None).items():
         setattr(args, key, value)
     if args.smoke:
         args.epochs, args.eval_k, args.n_train, args.n_test = 1, 10, 500, 100
+        args.kind = "demo-smoke"  # never in the real demo's folder
     t0 = time.perf_counter()
     cmd_train(args)
     print(f"demo wall time: {time.perf_counter() - t0:.1f} s")
@@ -449,6 +431,8 @@ def cmd_apply(args):
     out = Path(args.out) if args.out else run_dir / f"{args.task}.png"
     torch.manual_seed(args.seed)
     if args.task == "anomaly":
+        if args.anomaly_class is None:  # the class the run left out of training (--exclude-class)
+            args.anomaly_class = getattr(args, "exclude_class", None)
         if args.anomaly_class is None or test.y is None:
             raise ValueError("--task anomaly needs --anomaly-class C and a labelled test set")
         if getattr(model, "point_mass", False) or getattr(model, "needs_labels", False):
@@ -492,10 +476,51 @@ def cmd_apply(args):
 
 
 class _Formatter(argparse.HelpFormatter):
-    """Fixed width, so the generated reference does not depend on the terminal."""
+    """Fixed width, so the generated reference does not depend on the terminal; every option's
+    default shown."""
 
     def __init__(self, prog):
         super().__init__(prog, width=100, max_help_position=32)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS, False) and action.option_strings and "%(default)" not in text:
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
+
+
+# -- argument types: a bad value is one line from argparse (exit 2) -------------------------------
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _real(low=None, open_low=False, high=None):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if low is not None and (value <= low if open_low else value < low) or high is not None and value > high:
+            bounds = f"{'>' if open_low else '>='} {low:g}" if low is not None else ""
+            bounds += (" and " if bounds and high is not None else "") + (f"<= {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range (it must be {bounds})")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+POSITIVE, NATURAL = _integer(1), _integer(0)
 
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -503,14 +528,15 @@ def _add_data_args(p, defaults=True):
     p.add_argument("--dataset", default=EMBEDDED if defaults else None,
                    help=f"dataset name ({EMBEDDED}, fashion-mnist, mnist, binarized-mnist) or a .npy/.npz path")
     p.add_argument("--data-dir", default=None, help="folder with the dataset's files (else $PVAE_DATA, Debian's, download)")
-    p.add_argument("--binarize", choices=BINARIZE, default="none" if defaults else None,
-                   help="binarization of grey images (dynamic: resampled every epoch)")
-    p.add_argument("--n-test", type=int, default=None, help="use only the first N test datapoints")
+    p.add_argument("--binarize", choices=BINARIZE + ("auto",), default="auto" if defaults else None,
+                   help="binarization of grey images (dynamic: resampled every epoch; auto: dynamic for grey "
+                   "images under a Bernoulli likelihood, else none)")
+    p.add_argument("--n-test", type=POSITIVE, default=None, help="use only the first N test datapoints")
 
 
 def _add_common(p):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=NATURAL, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -532,39 +558,46 @@ def _add_model_args(p):
                    "two-layer HierarchicalVAE); replaces the size arguments")
     p.add_argument("--inference", choices=("bottom-up", "ladder"), default="bottom-up",
                    help="inference network of the two-layer preset")
-    p.add_argument("--latent-dim", type=int, default=50)
-    p.add_argument("--hidden", type=int, nargs="+", default=[200, 200], help="hidden widths of the encoder")
+    p.add_argument("--latent-dim", type=POSITIVE, default=50, help="size of the latent z")
+    p.add_argument("--hidden", type=POSITIVE, nargs="+", default=[200, 200], help="hidden widths of the encoder")
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh")
     p.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
-    p.add_argument("--likelihood-scale", type=float, default=None, help="fixed sigma for --likelihood gaussian")
+    p.add_argument("--likelihood-scale", type=_real(0, open_low=True), default=None, help="fixed sigma for --likelihood gaussian")
     p.add_argument("--guide", choices=sorted(GUIDES), default="diagonal")
-    p.add_argument("--rank", type=int, default=None, help="rank of the lowrank guide (default 2)")
-    p.add_argument("--flow-steps", type=int, default=None, help="IAF steps of the iaf guide (default 2)")
-    p.add_argument("--net", choices=("mlp", "conv"), default="mlp")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE)")
+    p.add_argument("--rank", type=POSITIVE, default=None, help="rank of the lowrank guide (default 2)")
+    p.add_argument("--flow-steps", type=POSITIVE, default=None, help="IAF steps of the iaf guide (default 2)")
+    p.add_argument("--net", choices=("mlp", "conv"), default="mlp", help="encoder/decoder nets")
+    p.add_argument("--beta", type=_real(0, open_low=True), default=1.0, help="weight of the KL term (beta-VAE)")
     p.add_argument("--prior", default=None, help="cvae: standard or learned (p(z|y)); ae: flat or normal")
-    p.add_argument("--labels", type=int, default=100, help="m2: how many training labels are kept")
+    p.add_argument("--labels", type=POSITIVE, default=100, help="m2: how many training labels are kept")
     p.add_argument("--visible", type=int, choices=(1, 2, 3), default=1, help="structured: visible quadrants")
-    p.add_argument("--num-vars", type=int, default=20, help="gumbel: number of categorical latents")
-    p.add_argument("--num-classes", type=int, default=10, help="gumbel: classes of each categorical latent")
+    p.add_argument("--num-vars", type=POSITIVE, default=20, help="gumbel: number of categorical latents")
+    p.add_argument("--num-classes", type=_integer(2), default=10, help="gumbel: classes of each categorical latent")
     p.add_argument("--hard", action="store_true", help="gumbel: straight-through (one-hot forward pass)")
-    p.add_argument("--noise", type=float, default=0.0, help="ae: masking probability of the denoising AE")
-    p.add_argument("--num-codes", type=int, default=64, help="vqvae: codebook size (--latent-dim: code size)")
+    p.add_argument("--noise", type=_real(0, high=0.999), default=0.0, help="ae: masking probability of the denoising AE")
+    p.add_argument("--num-codes", type=POSITIVE, default=64, help="vqvae: codebook size (--latent-dim: code size)")
 
 
 def _add_ais_args(p, many=False):
     if many:
-        p.add_argument("--steps", type=int, nargs="+", default=[10, 100, 500], help="annealing steps (one run each)")
+        p.add_argument("--steps", type=_integer(2), nargs="+", default=[10, 100, 500],
+                       help="annealing steps (one run each)")
     else:
-        p.add_argument("--steps", type=int, default=500, help="AIS annealing steps")
-    p.add_argument("--chains", type=int, default=16, help="AIS chains per datapoint")
-    p.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC transition")
+        p.add_argument("--steps", type=_integer(2), default=500, help="AIS annealing steps")
+    p.add_argument("--chains", type=POSITIVE, default=16, help="AIS chains per datapoint")
+    p.add_argument("--leapfrog", type=POSITIVE, default=10, help="leapfrog steps per HMC transition")
+
+
+def _add_run_args(p, kind):
+    p.add_argument("--run-dir", default=None, help=f"the run folder (default: a new runs/{kind}-DATE-TIME)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --run-dir")
+    p.set_defaults(kind=kind)
 
 
 def _add_budget_args(p):
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=NATURAL, default=10, help="passes over the training data")
+    p.add_argument("--batch-size", type=POSITIVE, default=100, help="datapoints per step")
+    p.add_argument("--lr", type=_real(0, open_low=True), default=1e-3, help="Adam's learning rate")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -574,24 +607,27 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", formatter_class=_Formatter, help="train a VAE and evaluate it", description="Train a VAE by SVI, then "
                        "evaluate log p(x) with k importance samples; everything goes into --run-dir.")
     _add_data_args(t)
-    t.add_argument("--n-train", type=int, default=None, help="use only the first N training datapoints")
-    t.add_argument("--exclude-class", type=int, default=None,
+    t.add_argument("--n-train", type=POSITIVE, default=None, help="use only the first N training datapoints")
+    t.add_argument("--exclude-class", type=NATURAL, default=None,
                    help="leave this class out of training (then: pvae apply RUN --task anomaly)")
     _add_model_args(t)
     t.add_argument("--objective", default=None, metavar="SPEC",
                    help=f"objective name or spec such as iwae:k=50, renyi:k=5,alpha=0.5, miwae:k=64,M=8 "
                    f"(names: {', '.join(OBJECTIVES)}; default: elbo, enum-elbo for m2, mf-elbo for gumbel)")
-    t.add_argument("--k", type=int, default=1, help="particles (importance samples) per datapoint in training")
-    t.add_argument("--alpha", type=float, default=0.5, help="alpha of the renyi objective")
+    t.add_argument("--k", type=POSITIVE, default=1, help="particles (importance samples) per datapoint in training")
+    t.add_argument("--alpha", type=_real(), default=0.5, help="alpha of the renyi objective")
     _add_budget_args(t)
-    t.add_argument("--warmup-epochs", type=float, default=0, help="epochs of linear KL warm-up")
+    t.add_argument("--warmup-epochs", type=_real(0), default=0, help="epochs of linear KL warm-up")
     t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="arithmetic of the nets (log-densities stay float32)")
     t.add_argument("--compile", action="store_true", help="torch.compile the nets")
-    t.add_argument("--clip-grad", type=float, default=None, help="clip the gradients' global norm")
-    t.add_argument("--eval-k", type=int, default=5000, help="importance samples for test log p(x) (0: skip)")
-    t.add_argument("--run-dir", default="runs/train")
-    t.add_argument("--resume", default=None, help="run folder or checkpoint to continue from")
+    t.add_argument("--clip-grad", type=_real(0, open_low=True), default=None, help="clip the gradients' global norm")
+    t.add_argument("--eval-k", type=NATURAL, default=5000, help="importance samples for test log p(x) (0: skip)")
+    _add_run_args(t, "train")
+    t.add_argument("--resume", default=None, help="run folder or checkpoint to continue (in that folder unless "
+                   "--run-dir); its settings are kept, and an option given with another value is an error")
+    t.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also log every epoch's numbers to TensorBoard in DIR (needs the tensorboard package)")
     _add_common(t)
     t.set_defaults(func=cmd_train)
 
@@ -599,10 +635,13 @@ def parser() -> argparse.ArgumentParser:
                        "ELBO terms, active units and PSIS k-hat of a run; writes results.json and figures.")
     e.add_argument("run", help="run folder or checkpoint")
     _add_data_args(e, defaults=False)
-    e.add_argument("--k", type=int, default=5000, help="importance samples per datapoint")
+    e.add_argument("--k", type=POSITIVE, default=5000, help="importance samples per datapoint")
     e.add_argument("--method", choices=("is", "ais"), default="is",
                    help="ais: also annealed importance sampling (HMC transitions), reported next to IS")
     _add_ais_args(e)
+    e.add_argument("--out", default=None, help="folder for the results and figures (default: "
+                   "RUN/eval-METHOD-kK-seedS; the training-time results are never overwritten)")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in that folder")
     _add_common(e)
     e.set_defaults(func=cmd_eval)
 
@@ -611,15 +650,15 @@ def parser() -> argparse.ArgumentParser:
                        "bound on log p(x)) and reverse AIS from the exact latents (an upper bound) for each --steps "
                        "value; writes bdmc.json and a table of the gap per number of steps.")
     b.add_argument("run", help="run folder or checkpoint")
-    b.add_argument("--n", type=int, default=100, help="simulated datapoints")
+    b.add_argument("--n", type=POSITIVE, default=100, help="simulated datapoints")
     _add_ais_args(b, many=True)
     _add_common(b)
     b.set_defaults(func=cmd_bdmc)
 
     s = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a trained model", description="Decode z ~ p(z) to an image grid.")
     s.add_argument("run", help="run folder or checkpoint")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--out", default=None, help="PNG path (default: RUN/samples.png)")
+    s.add_argument("--n", type=POSITIVE, default=64, help="samples to draw")
+    s.add_argument("--out", default=None, help="PNG path (default: RUN/samples-nN-seedS.png)")
     s.add_argument("--save-tensor", action="store_true", help="also save the samples as a .pt tensor")
     _add_common(s)
     s.set_defaults(func=cmd_sample)
@@ -631,9 +670,10 @@ def parser() -> argparse.ArgumentParser:
                        "TASK.png into the run folder.")
     a.add_argument("run", help="run folder or checkpoint")
     a.add_argument("--task", choices=("anomaly", "denoise", "inpaint"), required=True)
-    a.add_argument("--anomaly-class", type=int, default=None, help="anomaly: the class that counts as anomalous")
-    a.add_argument("--k", type=int, default=1000, help="importance samples (anomaly, inpaint)")
-    a.add_argument("--noise", type=float, default=0.5, help="denoise: corruption strength")
+    a.add_argument("--anomaly-class", type=NATURAL, default=None,
+                   help="anomaly: the class that counts as anomalous (default: the run's --exclude-class)")
+    a.add_argument("--k", type=POSITIVE, default=1000, help="importance samples (anomaly, inpaint)")
+    a.add_argument("--noise", type=_real(0, high=1), default=0.5, help="denoise: corruption strength")
     a.add_argument("--corruption", choices=("mask", "flip", "gaussian"), default="mask")
     a.add_argument("--out", default=None, help="PNG path (default: RUN/TASK.png)")
     _add_data_args(a, defaults=False)
@@ -645,15 +685,15 @@ def parser() -> argparse.ArgumentParser:
                        "data and budget; evaluate every run with the same evaluator; write a table (markdown, "
                        "CSV, JSON) and figures into --run-dir.")
     _add_data_args(c)
-    c.add_argument("--n-train", type=int, default=None, help="use only the first N training datapoints")
+    c.add_argument("--n-train", type=POSITIVE, default=None, help="use only the first N training datapoints")
     _add_model_args(c)
     c.add_argument("--objectives", nargs="+", default=["elbo", "iwae:k=5"], metavar="SPEC",
                    help="objective specs, e.g. elbo mf-elbo iwae:k=5 iwae:k=50 iwae-dreg:k=50 renyi:k=5,alpha=0.5")
     _add_budget_args(c)
-    c.add_argument("--eval-k", type=int, default=5000, help="importance samples for test log p(x)")
-    c.add_argument("--ais-steps", type=int, default=0, help="also AIS log p(x) with this many steps (0: none)")
-    c.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
-    c.add_argument("--run-dir", default="runs/compare")
+    c.add_argument("--eval-k", type=POSITIVE, default=5000, help="importance samples for test log p(x)")
+    c.add_argument("--ais-steps", type=NATURAL, default=0, help="also AIS log p(x) with this many steps (0: none)")
+    c.add_argument("--ais-chains", type=POSITIVE, default=16, help="AIS chains per datapoint")
+    _add_run_args(c, "compare")
     _add_common(c)
     c.set_defaults(func=cmd_compare)
 
@@ -661,9 +701,9 @@ def parser() -> argparse.ArgumentParser:
                        description="Train the default MLP VAE (784-200-200-50, tanh, Bernoulli) on the embedded "
                        "Fashion-MNIST sample (5,000 train / 1,000 test, dynamically binarized), evaluate test "
                        "log p(x) with k = 5000, and print a results table.")
-    d.add_argument("--epochs", type=int, default=30)
-    d.add_argument("--eval-k", type=int, default=5000)
-    d.add_argument("--run-dir", default="runs/demo")
+    d.add_argument("--epochs", type=NATURAL, default=30, help="passes over the training data")
+    d.add_argument("--eval-k", type=NATURAL, default=5000, help="importance samples for test log p(x)")
+    _add_run_args(d, "demo")
     d.add_argument("--smoke", action="store_true", help="a tiny budget (seconds), to check the install")
     _add_common(d)
     d.set_defaults(func=cmd_demo)
@@ -681,17 +721,96 @@ def markdown_reference() -> str:
     return "\n".join(parts)
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def _given(argv) -> set:
+    """The options the user typed (not defaults): ``--resume`` keeps the run's settings for the rest."""
+    given = set()
+    for a in argv:
+        if a.startswith("--"):
+            given.add(a[2:].split("=", 1)[0].replace("-", "_"))
+    return given
+
+
+class Terminated(Exception):
+    """SIGTERM or SIGHUP: raised inside the work so that files being written are cleaned up."""
+
+
+def _on_signal(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """One line for an allocation that failed: what was asked, what is free, which options to lower."""
+    import torch
+
+    text = str(e)
+    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+            or "out of memory" in text or "integer multiplication overflow" in text):
+        return None
+    import re
+
+    asked = re.search(r"allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]iB)", text)
+    what = ""
+    if asked and asked.group(1):
+        what = f"one tensor needed {int(asked.group(1)) / 2 ** 30:.1f} GiB"
+    elif asked:
+        what = f"one tensor needed {asked.group(2)}"
+    elif "overflow" in text:
+        what = "a tensor's size overflows 64 bits"
     try:
+        free = (torch.cuda.mem_get_info()[0] if "CUDA" in text else
+                int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemAvailable"))) * 1024)
+        where = f"{free / 2 ** 30:.1f} GiB are free"
+    except (OSError, StopIteration, RuntimeError):
+        where = "more than is free"
+    return f"out of memory: {what or 'an allocation failed'} and {where}"
+
+
+#: the options whose size a memory error is about, per command
+SIZES = {"train": ("k", "batch_size", "latent_dim", "hidden"), "compare": ("batch_size", "latent_dim", "hidden", "eval_k"),
+         "eval": ("k",), "sample": ("n",), "apply": ("k",), "bdmc": ("n", "chains"), "demo": ("eval_k",)}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    args._given = _given(argv)
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if getattr(args, "device", None) is not None:
+            from .train import resolve_device
+
+            resolve_device(args.device)
         args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
-        print(f"pvae: error: {e}", file=sys.stderr)
+        print(f"pvae: error: {_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pvae: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"pvae: stopped by {e}; the last checkpoint is kept", file=sys.stderr)
+        return 143
+    except (OSError, MemoryError, RuntimeError) as e:
+        oom = _out_of_memory(e)
+        if oom is None and not isinstance(e, OSError):
+            raise
+        if oom is not None:
+            sizes = [f"{_flag(k)} {_show(getattr(args, k))}" for k in SIZES.get(args.command, ()) if hasattr(args, k)]
+            oom += f"; lower {', '.join(sizes)}" if sizes else ""
+        print(f"pvae: error: {oom or _line(e)}", file=sys.stderr)
+        return 2
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0
+
+
+def _line(e: BaseException) -> str:
+    """The first line of an error's message (a message never spills over several lines)."""
+    text = str(e).strip()
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

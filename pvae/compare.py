@@ -3,7 +3,7 @@ same evaluator. ``pvae.compare(...)`` and ``pvae compare``.
 
 For every objective spec (``"elbo"``, ``"iwae:k=50"``, ``"renyi:k=5,alpha=0.5"``, ...) the model
 is built afresh from the same seed (so every run starts from the same weights), trained by
-:func:`pvae.fit` with identical data order, and evaluated by :func:`pvae.evaluate` with the same
+[`pvae.fit`][pvae.fit] with identical data order, and evaluated by [`pvae.evaluate`][pvae.evaluate] with the same
 k and the same evaluation draws. The table (markdown, CSV, JSON) has: objective, k, training
 seconds, test log p(x), test ELBO, KL, active units, median and max PSIS k-hat, and the share
 of k-hat > 0.7; the figures overlay learning curves, log p(x) per objective, and k-hat.
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
-from pathlib import Path
 
 import pyro
 import torch
@@ -26,7 +24,9 @@ from .inputs import arrange, own_model
 from .objectives import check_objective, configure, objective as make_objective
 from .pair import as_pair
 from .program import analyse
+from .runs import RunLock, dumps, fresh, prepare
 from .train import fit
+from .validate import check_positive_int
 
 COLUMNS = [("objective", "objective"), ("k", "k"), ("train_seconds", "train s"), ("log_px", "test log p(x)"),
            ("log_px_se", "± s.e."),
@@ -89,35 +89,51 @@ def differences(runs: dict) -> str:
 
 
 def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int = 10, batch_size: int = 100,
-            lr: float = 1e-3, seed: int = 0, device=None, eval_k: int = 5000, run_dir="runs/compare",
-            progress: bool = True, data_plate: str | None = None, ais: dict | None = None) -> dict:
+            lr: float = 1e-3, seed: int = 0, device=None, eval_k: int = 5000, run_dir=None,
+            progress: bool = True, data_plate: str | None = None, ais: dict | None = None,
+            overwrite: bool = False) -> dict:
     """Train ``model`` under each objective with identical seeds, data and budget; evaluate each.
 
     Args:
-        model: a config dict for :class:`pvae.VAE` (e.g. ``{"latent_dim": 50}``), or a function
+        model: a config dict for [`pvae.VAE`][pvae.VAE] (e.g. ``{"latent_dim": 50}``), or a function
             returning a fresh model (called after seeding, so every run starts from the same weights).
-        objectives: names or specs (see :func:`pvae.objective`); every one is checked against the
+        objectives: names or specs (see [`pvae.objective`][pvae.objective]); every one is checked against the
             model before any is trained.
         data_plate: the plate over datapoints of a program of your own (None: found by tracing).
         ais: also estimate test log p(x) by annealed importance sampling, e.g.
-            ``{"steps": 500, "chains": 16}`` (see :func:`pvae.log_likelihood`), reported next to IS.
+            ``{"steps": 500, "chains": 16}`` (see [`pvae.log_likelihood`][pvae.log_likelihood]), reported next to IS.
+        overwrite: replace a comparison already in ``run_dir`` (else that is an error, before
+            any training).
 
     Each objective runs in a fresh scope of Pyro's param store, so ``pyro.param`` parameters of
     a program of your own start from their initial values every time, like the module's.
     Returns ``{"rows": [...], "runs": {spec: {"history": History, "eval": dict, "model": module}}}``
-    and writes ``compare.md``, ``compare.csv``, ``compare.json`` and figures into ``run_dir``.
+    and writes ``compare.md``, ``compare.csv``, ``compare.json`` and figures into ``run_dir`` (None:
+    a new ``runs/compare-DATE-TIME``).
     """
-    from . import plots
     from .models import VAE
 
     specs = list(objectives)
     for spec in specs:  # fail before any training on a bad spec
         make_objective(spec)
-    if int(eval_k) != eval_k or eval_k < 1:
-        raise ValueError(f"eval_k must be an integer >= 1, got {eval_k}")
+    check_positive_int("eval_k", eval_k)
+    if ais is not None:
+        check_positive_int("ais steps", ais.get("steps", 500), minimum=2)
+        check_positive_int("ais chains", ais.get("chains", 16))
     build = model if callable(model) else (lambda: VAE(**model))
     check_all(build, train, specs, seed=seed, batch_size=batch_size, data_plate=data_plate)
-    run_dir = Path(run_dir)
+    run_dir = prepare(run_dir if run_dir is not None else fresh("compare"), overwrite=overwrite)
+    with RunLock(run_dir):
+        return _compare(build, train, test, specs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                        device=device, eval_k=eval_k, run_dir=run_dir, progress=progress, data_plate=data_plate,
+                        ais=ais)
+
+
+def _compare(build, train, test, specs, *, epochs, batch_size, lr, seed, device, eval_k, run_dir, progress,
+             data_plate, ais) -> dict:
+    from .report import _SafePlots
+
+    plots = _SafePlots()
     rows, runs = [], {}
     for spec in specs:
         torch.manual_seed(seed)
@@ -125,7 +141,8 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
             m = build()
             t0 = time.perf_counter()
             h = fit(m, train, objective=spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                    test=test, run_dir=run_dir / _slug(spec), progress=progress, data_plate=data_plate)
+                    test=test, run_dir=run_dir / _slug(spec), progress=progress, data_plate=data_plate,
+                    overwrite=True)
             train_seconds = sum(r["seconds"] for r in h) if h else time.perf_counter() - t0
             torch.manual_seed(seed)
             res = evaluate(h.model, test, k=eval_k, progress=progress, data_plate=data_plate)
@@ -157,7 +174,7 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
     w.writeheader()
     w.writerows(rows)
     write_text(run_dir / "compare.csv", buf.getvalue())
-    write_text(run_dir / "compare.json", json.dumps(rows, indent=1))
+    write_text(run_dir / "compare.json", dumps(rows))
     plots.learning_curves({s: r["history"] for s, r in runs.items()}, path=run_dir / "learning_curves.png")
     plots.per_objective({s: r["eval"]["log_px"] for s, r in runs.items()}, "test log p(x) per datapoint",
                         path=run_dir / "log_px.png", paired=len(runs) > 1)

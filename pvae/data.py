@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import os
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -42,6 +43,12 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 AMAT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{}.amat"
 STATIC_SEED = 1234
+CLASSES = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "mnist": tuple(str(d) for d in range(10)),
+}
+CLASSES[EMBEDDED] = CLASSES["fashion-mnist"]
 
 
 @dataclass
@@ -49,13 +56,15 @@ class Data(torch.utils.data.Dataset):
     """A dataset held as tensors: ``x`` (n, *x_shape) floats, ``y`` (n,) integer labels or None.
 
     ``binarize="dynamic"`` asks the trainer to draw x ~ Bernoulli(x) afresh every epoch;
-    :meth:`eval_x` gives the fixed draw used for evaluation.
+    `eval_x` gives the fixed draw used for evaluation. ``classes`` names the labels
+    (label i is ``classes[i]``) where the dataset has names for them.
     """
 
     x: torch.Tensor
     y: torch.Tensor | None = None
     name: str = "tensor"
     binarize: str = "none"
+    classes: tuple | None = None
 
     def __len__(self):
         return self.x.shape[0]
@@ -193,18 +202,52 @@ def _load_array_file(path, split):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
-    if path.suffix == ".npy":
-        arrays = {"x": np.load(path, allow_pickle=False)}
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            arrays = dict(z)
-    else:
+    if path.suffix not in (".npy", ".npz"):
         raise ValueError(f"{path}: data files must be .npy or .npz")
+    arrays = read_arrays(path)
     xkey = next((k for k in (f"{split}_x", f"x_{split}", "x") if k in arrays), None)
     if xkey is None:
         raise ValueError(f"{path} has arrays {sorted(arrays)}; expected 'x' (and 'y') or '{split}_x'")
     ykey = xkey.replace("x", "y")
-    return _to_float(arrays[xkey]), (torch.from_numpy(arrays[ykey]).long() if ykey in arrays else None)
+    x = arrays[xkey]
+    if x.ndim < 2:
+        what = "a single number (a 0-d array)" if x.ndim == 0 else f"a 1-D array of {x.shape[0]} values"
+        raise ValueError(f"{path}: {xkey} is {what}; data need one row per datapoint, shape (n, ...) (one "
+                         "datapoint: add a leading axis, x[None]; n scalars: x[:, None])")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: {xkey} holds {x.dtype} values, not numbers")
+    return _to_float(x), (labels_from(arrays[ykey], f"{path}: {ykey}") if ykey in arrays else None)
+
+
+def read_arrays(path) -> dict:
+    """The arrays of a ``.npy`` (as ``{"x": a}``) or ``.npz`` file, read without pickle; a file that is
+    not one is a one-line ``ValueError``."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return dict(z)
+        return {"x": np.load(path, allow_pickle=False)}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        why = ("it holds Python objects, which pvae does not load" if "pickle" in str(e)
+               else str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise ValueError(f"cannot read data file {path}: not a NumPy {path.suffix} array file ({why})") from None
+
+
+def labels_from(y, what: str = "labels") -> torch.Tensor:
+    """Class labels as integers: finite, integer-valued numbers, one per datapoint (never truncated)."""
+    y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
+    if y.dim() != 1:
+        raise ValueError(f"{what} must be one integer per datapoint (shape (n,)), got shape {tuple(y.shape)}")
+    if torch.is_floating_point(y):
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(f"{what} contain NaN or inf: labels must be integers")
+        if not bool((y == y.round()).all()):
+            bad = y[y != y.round()][0].item()
+            raise ValueError(f"{what} must be integers, got {bad:g} (pvae never rounds labels)")
+    elif y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"{what} must be integers, got dtype {y.dtype}")
+    return y.long()
 
 
 def _to_float(a) -> torch.Tensor:
@@ -237,16 +280,18 @@ def load_dataset(name: str = EMBEDDED, split: str = "train", data_dir=None, bina
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)} or a .npy/.npz path")
     if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n (datapoints to keep) must be an integer >= 1, got {n!r}")
         x, y = x[:n], (y[:n] if y is not None else None)
     if binarize in ("static", "threshold"):
         x = _binarize(x, binarize)
-    return Data(x, y, name=key, binarize=binarize)
+    return Data(x, y, name=key, binarize=binarize, classes=CLASSES.get(key))
 
 
 def as_tensors(data, labels=None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """Whatever users pass as data -> ``(x, y, binarize mode)``.
 
-    Accepts a :class:`Data`, a tensor or array, an ``(x, y)`` tuple, a dataset name or path,
+    Accepts a `Data`, a tensor or array, an ``(x, y)`` tuple, a dataset name or path,
     or any ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y, ...)``.
     """
     mode = "none"

@@ -1,14 +1,14 @@
 """Data-parallel training with ``torch.distributed``: gloo on CPU, NCCL on GPU.
 
 Launched as ``torchrun --nproc_per_node N -m pvae train ...`` (or any script calling
-:func:`pvae.fit` under torchrun), each of the N processes holds a replica of the model and
+[`pvae.fit`][pvae.fit] under torchrun), each of the N processes holds a replica of the model and
 ``pvae.fit`` notices the ``WORLD_SIZE`` torchrun sets:
 
 - ``batch_size`` is the *global* batch: every step draws one seeded permutation slice, identical
   on all ranks, and rank r takes its every N-th datapoint (the distributed sampler, reseeded each
   epoch by the shared permutation generator);
 - each rank draws its particles from its own stream (seed + rank);
-- the loss is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, whose all-reduce
+- the loss is wrapped in `DistributedDataParallel`, whose all-reduce
   averages gradients over ranks; the per-rank loss is multiplied by N, so one step equals a
   single-process step on the concatenated batch;
 - logging, test evaluation, figures and checkpoints happen on rank 0 only.

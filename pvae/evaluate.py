@@ -7,7 +7,7 @@ k = 5000): with z_1..z_k ~ q(z|x),
           = \operatorname{logsumexp}_i \log w_i - \log k,
 
 a stochastic lower bound (L_k) in expectation that converges to log p(x) as k grows. The
-log-weights are computed per datapoint (:func:`pvae.objectives.log_weight_terms`) in chunks of
+log-weights are computed per datapoint ([`pvae.objectives.log_weight_terms`][pvae.objectives.log_weight_terms]) in chunks of
 particles and of datapoints, so memory stays bounded whatever k is.
 
 From the same draws: the ELBO (mean of log w), its reconstruction E_q[log p(x|z)] and KL
@@ -22,26 +22,27 @@ import math
 
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
-from tqdm.auto import tqdm
 
 from .inputs import Inputs, arrange, own_model
 from .pair import as_pair, device_of
 from .program import Program, analyse, fix_globals, in_plate, log_weight_terms
+from .progress import bar as progress_bar
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
 
 
 def _eval_inputs(data, pair, labels=None) -> Inputs:
-    """The evaluation data as the pair's program takes it, checked (see :mod:`pvae.inputs`)."""
+    """The evaluation data as the pair's program takes it, checked (see [`pvae.inputs`][pvae.inputs])."""
     if isinstance(data, Inputs):
         return data
     return arrange(pair, data, labels, "evaluation data", evaluation=True)[0]
 
 
 def program_of(pair, inputs: Inputs, data_plate: str | None = None, batch_size: int = 100) -> Program:
-    """What tracing the pair once finds (cached on the pair by :func:`pvae.fit`)."""
+    """What tracing the pair once finds (cached on the pair by [`pvae.fit`][pvae.fit])."""
     cached = getattr(pair, "_pvae_program", None)
     if cached is not None and data_plate in (None, cached.data_plate):
         return cached
@@ -56,8 +57,8 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                           device=None, progress: bool = False, desc: str = "log p(x)", labels=None,
                           data_plate: str | None = None):
     """Yield ``(start, terms)`` per batch of data, with ``terms`` (k, batch) tensors concatenated
-    over chunks of particles: :class:`~pvae.program.LogWeightTerms` fields on the CPU. Global
-    latents are held at their guide mean (:func:`pvae.program.fix_globals`)."""
+    over chunks of particles: [`LogWeightTerms`][pvae.program.LogWeightTerms] fields on the CPU. Global
+    latents are held at their guide mean ([`pvae.program.fix_globals`][pvae.program.fix_globals])."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
     inputs = _eval_inputs(data, pair, labels)
@@ -65,7 +66,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     chunk = max(1, min(k, PARTICLES_PER_PASS // max(1, min(batch_size, n))))
     was_training = pair.training
     pair.eval()
-    bar = tqdm(total=n, desc=desc, disable=not progress, unit="x", leave=False)
+    bar = progress_bar(total=n, desc=desc, progress=progress, unit="x")
     program, fixed = None, None
     try:
         with torch.no_grad():
@@ -92,6 +93,10 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     c += t.log_px_z.shape[0]
                 yield start, tuple(torch.cat(p, 0) for p in zip(*parts))
                 bar.update(min(batch_size, n - start))
+    except ValueError as e:
+        if not str(e).startswith("Expected parameter"):
+            raise
+        raise FloatingPointError(_invalid_parameters(e)) from None
     finally:
         bar.close()
         pair.train(was_training)
@@ -104,12 +109,12 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     """Importance-sampled log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``).
 
     ``model`` is a pvae model or any module with ``.model``/``.guide`` (or a model function with
-    ``guide=`` and ``modules=``); ``data`` anything :func:`pvae.data.as_tensors` takes. A
+    ``guide=`` and ``modules=``); ``data`` anything [`pvae.data.as_tensors`][pvae.data.as_tensors] takes. A
     conditional pair gets the data's labels (or ``labels=``) and estimates log p(x|y); a program
     taking several inputs per datapoint (``(x, a, b)`` data) gets the log-probability of all its
     observed sites. ``data_plate`` names the plate over datapoints (None: found by tracing).
 
-    ``method="ais"``: annealed importance sampling instead (:func:`pvae.ais.ais_log_likelihood`):
+    ``method="ais"``: annealed importance sampling instead ([`pvae.ais.ais_log_likelihood`][pvae.ais.ais_log_likelihood]):
     ``chains`` chains per datapoint, ``steps`` annealing steps of ``leapfrog``-step HMC, starting
     from the guide (``start="guide"``) or the prior (``"prior"``); ``k`` is then unused.
     """
@@ -130,7 +135,20 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
                                                     labels=labels, data_plate=data_plate):
         out.append(torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k))
     _say_notes(pair)
-    return torch.cat(out)
+    ll = torch.cat(out)
+    nan = torch.isnan(ll)
+    if bool(nan.any()):
+        raise FloatingPointError(f"log p(x) is NaN for {int(nan.sum())} of {ll.numel()} datapoints (the first: "
+                                 f"{int(nan.nonzero()[0, 0])}): the model or guide gives NaN log-densities there")
+    return ll
+
+
+def _invalid_parameters(e: ValueError) -> str:
+    """Pyro's distribution check (a multi-line dump) -> one line naming the parameter."""
+    first = str(e).splitlines()[0]
+    what = first.split(" of distribution")[0].replace("Expected parameter ", "")
+    return (f"the model or guide made an invalid distribution parameter ({what}): NaN or inf weights or outputs "
+            "(a diverged model?)")
 
 
 def _say_notes(pair) -> None:
@@ -177,13 +195,15 @@ def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
 
 def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int = 500, num_samples: int = 1000,
                        device=None):
-    """``({site: E_q[z|x]}, {site: Monte Carlo noise variance of that mean, averaged over x})``."""
+    """``({site: E_q[z|x]}, {site: Monte Carlo noise variance of that mean, averaged over x},
+    {names of sites on a simplex or a discrete set: codes, not coordinates})``."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
     inputs = _eval_inputs(data, pair)
     program = program_of(pair, inputs.to(device))
     means: dict[str, list] = {}
     noise: dict[str, list] = {}
+    coded: set = set()
     with torch.no_grad():
         for start in range(0, inputs.n, batch_size):
             args, kwargs = inputs.take(slice(start, start + batch_size), device=device)
@@ -194,6 +214,10 @@ def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int
                     continue
                 if not in_plate(site, program.data_plate):
                     continue  # a global latent: not a per-datapoint code
+                support = site["fn"].support
+                if support.is_discrete or support is constraints.simplex or getattr(support, "base_constraint", None) \
+                        is constraints.simplex:
+                    coded.add(name)
                 try:
                     m, var = site["fn"].mean, None
                 except NotImplementedError:  # no closed form (a flow): average draws
@@ -203,7 +227,7 @@ def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int
                 if var is not None:
                     noise.setdefault(name, []).append(var.reshape(var.shape[0], -1).cpu())
     return ({name: torch.cat(ms) for name, ms in means.items()},
-            {name: torch.cat(v).mean(0) for name, v in noise.items()})
+            {name: torch.cat(v).mean(0) for name, v in noise.items()}, coded)
 
 
 def posterior_means(model, data, *, guide=None, modules=None, batch_size: int = 500, num_samples: int = 1000,
@@ -223,12 +247,15 @@ def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=No
 
     Returns ``{"active": int, "variances": {site: tensor}}``. Where E_q[u|x] is estimated from
     draws (guides without a closed-form mean, such as flows), the estimate's own Monte Carlo
-    variance, averaged over x, is subtracted, so that noise does not count as activity.
+    variance, averaged over x, is subtracted, so that noise does not count as activity. Active
+    units are defined for continuous latents: discrete and one-hot (simplex) sites are left out,
+    and a model with no continuous latent gets ``"active": None``.
     """
-    means, noise = _posterior_moments(model, data, guide=guide, modules=modules, batch_size=batch_size,
-                                      num_samples=num_samples, device=device)
-    variances = {name: m.var(0, unbiased=False) - noise.get(name, 0.0) for name, m in means.items()}
-    return {"active": int(sum(int((v > threshold).sum()) for v in variances.values())),
+    means, noise, coded = _posterior_moments(model, data, guide=guide, modules=modules, batch_size=batch_size,
+                                             num_samples=num_samples, device=device)
+    variances = {name: m.var(0, unbiased=False) - noise.get(name, 0.0) for name, m in means.items()
+                 if name not in coded}
+    return {"active": int(sum(int((v > threshold).sum()) for v in variances.values())) if variances else None,
             "variances": variances}
 
 
@@ -273,9 +300,17 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
         kh = out["khat"]
         out["unreliable"] = kh > 0.7
         s.update(khat_median=float(kh.median()), khat_max=float(kh.max()), khat_gt_0_7=float((kh > 0.7).double().mean()))
+    notes = pair._pvae_program.eval_notes() if getattr(pair, "_pvae_program", None) is not None else []
     if units:
         s["active_units"] = active_units(pair, data, device=device)["active"]
-    notes = pair._pvae_program.eval_notes() if getattr(pair, "_pvae_program", None) is not None else []
+        if s["active_units"] is None:
+            del s["active_units"]
+            notes = notes + ["active units are not reported: they are defined for continuous latents, and this "
+                             "model's latents are discrete or one-hot"]
+    bad = int((~torch.isfinite(out["log_px"])).sum())
+    if bad:
+        notes = notes + [f"log p(x) is not finite for {bad} of {s['n']} datapoints: the model gives them "
+                         "probability 0 (-inf) or NaN, and the means over datapoints are not finite"]
     if notes:
         s["notes"] = notes
     out["summary"] = s

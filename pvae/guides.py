@@ -17,7 +17,7 @@ name (``guide="fullcov"``) instead of defining a new model class.
 The multivariate families produce a ``MultivariateNormal``-type distribution whose event shape is
 already (D,): never ``.to_event`` it (that would break the data plate). Their models should write
 the prior as an MVN too, so that ``TraceMeanField_ELBO`` finds a closed-form KL
-(:attr:`multivariate` says which families need that).
+(`multivariate` says which families need that).
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """What reaches ``model(...)`` and ``guide(...)``: the tensors of a dataset, datapoint by datapoint.
 
-The convention (the same in :func:`pvae.fit`, the evaluator, :func:`pvae.compare`):
+The convention (the same in [`pvae.fit`][pvae.fit], the evaluator, [`pvae.compare`][pvae.compare]):
 
-- a tensor, array, :class:`pvae.data.Data` or dataset name: ``model(x)``;
+- a tensor, array, [`pvae.data.Data`][pvae.data.Data] or dataset name: ``model(x)``;
 - a tuple ``(x, a, b, ...)``, a list, or a ``TensorDataset(x, a, b)``: ``model(x, a, b)``, every
   member passed positionally, one row per datapoint (labels, one-hot vectors, images, any
   tensor: which of them the program observes is its own business);
 - a dict ``{"x": x, "y": y}``: ``model(x=x, y=y)`` by keyword, the first entry taken as the
   data x (binarized, shape-checked); an ``.npz`` file with arrays besides ``x`` and ``y`` is
   read the same way (``x`` first, every array by its name);
-- the class labels a :class:`~pvae.data.Data` carries (or ``labels=``) go to a user's program as
+- the class labels a [`Data`][pvae.data.Data] carries (or ``labels=``) go to a user's program as
   its second argument when it takes one (``model(xs, ys=None)``), and to pvae's conditional
   models (``needs_labels``) checked as integers or one-hot rows.
 
@@ -82,7 +82,7 @@ def _tensor(a, what: str) -> torch.Tensor:
 
 def members(data, labels=None):
     """``(x, extra positional, extra keyword, x_key, binarize mode, class labels)`` of any data a
-    user passes; class labels are the ones a :class:`Data` carries (or ``labels=``), the extras
+    user passes; class labels are the ones a `Data` carries (or ``labels=``), the extras
     are members the user put next to x explicitly."""
     if isinstance(data, (str, os.PathLike)) and str(data).endswith(".npz") and os.path.isfile(data):
         with np.load(data, allow_pickle=False) as z:
@@ -144,6 +144,14 @@ def _program_fn(pair, which: str):
     return getattr(pair, which)
 
 
+def _float_dtype(pair) -> torch.dtype:
+    """The floating dtype the pair's parameters hold (the default dtype when it has none)."""
+    for p in pair.parameters():
+        if torch.is_floating_point(p):
+            return p.dtype
+    return torch.get_default_dtype()
+
+
 def own_model(pair) -> bool:
     """pvae's own variants (their signatures carry sample counts, their labels ``needs_labels``)."""
     from .models.base import PyroVAE
@@ -159,6 +167,8 @@ def arrange(pair, data, labels=None, what: str = "training data", evaluation: bo
     if evaluation and isinstance(data, Data):
         x = data.eval_x()
     x = match_shape(x, pair, what)
+    if not x.is_complex() and x.dtype != _float_dtype(pair):  # float64/16, integers, booleans: as the nets compute
+        x = (_to_float(x) if x.dtype == torch.uint8 else x).to(_float_dtype(pair))
     check_data(x, pair, what)
     n = x.shape[0]
     for i, a in enumerate(extra, 1):
@@ -173,6 +183,9 @@ def arrange(pair, data, labels=None, what: str = "training data", evaluation: bo
         if len(extra) > 1 or kwextra:
             raise ValueError(f"{type(pair).__name__} takes x (and labels); the {what} have {1 + len(extra)} members "
                              f"{sorted(kwextra) if kwextra else ''}".rstrip())
+        if labels is not None and not getattr(pair, "needs_labels", False):
+            raise ValueError(f"labels= were given, but {type(pair).__name__} takes no labels: drop them, or use a "
+                             "conditional model (ConditionalVAE, SemiSupervisedVAE)")
         y = check_labels(y, n, pair, what)
         return Inputs(x, [y] if y is not None else [], {}, x_key), mode
     for which in ("model", "guide"):

@@ -5,8 +5,8 @@ dims are its output shape, and broadcasts over any number of leading dims. That 
 guide draw ``k`` particles at once: ``z`` arrives with shape ``(k, batch, latent_dim)`` and the
 decoder returns ``(k, batch, *x_shape)`` without a Python loop.
 
-- :class:`MLP` -- fully connected, for any ``x_shape`` (it flattens).
-- :class:`ConvEncoder` / :class:`ConvDecoder` -- for ``(C, 28, 28)`` and ``(C, 32, 32)`` images.
+- `MLP` -- fully connected, for any ``x_shape`` (it flattens).
+- `ConvEncoder` / `ConvDecoder` -- for ``(C, 28, 28)`` and ``(C, 32, 32)`` images.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ACTIVATIONS = {
 
 
 def activation(name: str) -> nn.Module:
-    """The activation module called ``name`` (one of :data:`ACTIVATIONS`)."""
+    """The activation module called ``name`` (one of `ACTIVATIONS`)."""
     try:
         return ACTIVATIONS[name]()
     except KeyError:
@@ -49,7 +49,7 @@ def apply_batched(net, x: torch.Tensor, in_shape: Sequence[int], out_shape: Sequ
 
 class Accelerated(nn.Module):
     """Mixin for the nets: optional mixed precision for the net's arithmetic (outputs back in
-    float32, so every log-probability stays in float32), set by :func:`accelerate`."""
+    float32, so every log-probability stays in float32), set by `accelerate`."""
 
     autocast_dtype: torch.dtype | None = None
 

@@ -14,10 +14,10 @@ and every bound here is a function of them:
   (alpha = 0 is IWAE; alpha -> 1 the ELBO).
 
 Pyro's ``vectorized_importance_weights`` sums the log-weights over the data plate, so it
-gives one weight per *batch*. :func:`pvae.program.log_weight_terms` keeps one per datapoint:
+gives one weight per *batch*. [`pvae.program.log_weight_terms`][pvae.program.log_weight_terms] keeps one per datapoint:
 it finds the plate over datapoints (named anything), draws particles in one vectorized pass
 along a dim left of all plates (or one trace each where the program's nets cannot take that
-dim), and sums log-probs over every dim except (particle, data). See :mod:`pvae.program`.
+dim), and sums log-probs over every dim except (particle, data). See [`pvae.program`][pvae.program].
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
 from .program import (PARTICLES, LogWeightTerms, Program, _per_datapoint, analyse, forked_rng, go_sequential,  # noqa: F401
                       latent_sites, log_weight_terms, plain_traces, terms_from_traces)
+from .validate import check_number, check_positive_int
 
 class ImportanceWeightedELBO(ELBO):
     r"""pvae's per-datapoint importance-weighted (alpha = 0) and Rényi-alpha bound as a Pyro ELBO.
@@ -51,7 +52,7 @@ class ImportanceWeightedELBO(ELBO):
     site sits outside the data plate; here that is an error.
 
     ``differentiable_loss`` makes it usable with any torch optimizer (and DDP). Subclasses
-    change :meth:`bound` (MIWAE, CIWAE) or the gradient estimator (DReG, STL, PIWAE).
+    change `bound` (MIWAE, CIWAE) or the gradient estimator (DReG, STL, PIWAE).
     """
 
     def __init__(self, num_particles: int = 5, alpha: float = 0.0, max_plate_nesting=float("inf"),
@@ -232,7 +233,7 @@ class _SurrogateELBO(ImportanceWeightedELBO):
 
     (the bracket only when ``path_only`` is False). One pass of the model: the surrogate is
     sum_i a_i l_i with each z_i entering model and guide through an identity whose backward
-    multiplies by b_i / a_i. The loss *value* is :meth:`bound`.
+    multiplies by b_i / a_i. The loss *value* is `bound`.
     """
 
     path_only = True
@@ -451,7 +452,13 @@ OBJECTIVES = {
 }
 
 
-SPEC_KEYS = {"k": int, "alpha": float, "M": int, "beta": float}
+def _count(value: str) -> int:
+    if not value.strip().lstrip("+-").isdigit():
+        raise ValueError(value)
+    return int(value)
+
+
+SPEC_KEYS = {"k": _count, "alpha": float, "M": _count, "beta": float}
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -468,7 +475,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         try:
             params[key] = SPEC_KEYS[key](value)
         except ValueError:
-            raise ValueError(f"bad objective spec {spec!r}: {key}={value!r} is not a number") from None
+            kind = "an integer" if SPEC_KEYS[key] is _count else "a number"
+            raise ValueError(f"bad objective spec {spec!r}: {key}={value!r} is not {kind}") from None
     return name, params
 
 
@@ -487,9 +495,10 @@ def objective(name: str = "elbo", k: int = 1, alpha: float = 0.5, *, M: int | No
     """
     name, spec = parse_spec(name)
     k, alpha, M, beta = spec.get("k", k), spec.get("alpha", alpha), spec.get("M", M), spec.get("beta", beta)
-    if int(k) != k or k < 1:
-        raise ValueError(f"the number of samples k must be an integer >= 1, got {k}")
-    k = int(k)
+    k = check_positive_int("the number of samples k", k)
+    alpha, beta = check_number("alpha", alpha), check_number("beta", beta)
+    if M is not None:
+        M = check_positive_int("M (the number of groups)", M)
     if name in ("elbo", "mf-elbo", "enum-elbo"):
         cls = {"elbo": Trace_ELBO, "mf-elbo": TraceMeanField_ELBO, "enum-elbo": TraceEnum_ELBO}[name]
         return cls(num_particles=k, vectorize_particles=k > 1, **kwargs)

@@ -1,12 +1,12 @@
 """Figures (matplotlib, PNG). Each function takes what it draws, returns the ``Figure``, and
 writes it to ``path`` when one is given.
 
-- :func:`reconstructions`: inputs above their reconstructions E[x | z = E_q[z|x]].
-- :func:`samples`: E[x|z] for z ~ p(z).
-- :func:`latent_space`: posterior means coloured by label (first two dims, or PCA when D > 2).
-- :func:`interpolation`: decodes the straight line between two inputs' posterior means.
-- :func:`training_curves`: train loss and test ELBO per epoch.
-- :func:`khat_histogram`: PSIS k-hat per datapoint, with the 0.5 / 0.7 thresholds.
+- `reconstructions`: inputs above their reconstructions E[x | z = E_q[z|x]].
+- `samples`: E[x|z] for z ~ p(z).
+- `latent_space`: posterior means coloured by label (first two dims, or PCA when D > 2).
+- `interpolation`: decodes the straight line between two inputs' posterior means.
+- `training_curves`: train loss and test ELBO per epoch.
+- `khat_histogram`: PSIS k-hat per datapoint, with the 0.5 / 0.7 thresholds.
 """
 
 from __future__ import annotations
@@ -74,10 +74,11 @@ def samples(model, n: int = 64, path=None, seed: int = 0):
     return image_grid([s[i:i + ncol] for i in range(0, n, ncol)], path)
 
 
-def latent_space(model, x, labels=None, path=None, max_points: int = 5000):
+def latent_space(model, x, labels=None, path=None, max_points: int = 5000, class_names=None):
     """Posterior means, coloured by label: the first two dims, or the top two principal axes.
 
     Works for any model/guide pair: the means come from the guide (all latent sites, concatenated).
+    ``class_names`` (a list, label i -> name) labels the legend; else the label numbers.
     """
     from .evaluate import posterior_means
 
@@ -93,9 +94,14 @@ def latent_space(model, x, labels=None, path=None, max_points: int = 5000):
     fig, ax = plt.subplots(figsize=(5, 4.5))
     c = None if labels is None else labels[:max_points].cpu().numpy()
     z = z.numpy()
-    sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=3, cmap="tab10", alpha=0.7)
-    if c is not None:
-        fig.colorbar(sc, ax=ax, label="label")
+    if c is None:
+        ax.scatter(z[:, 0], z[:, 1], s=3, alpha=0.7)
+    else:
+        for i, label in enumerate(sorted(set(c.tolist()))):
+            name = class_names[int(label)] if class_names is not None and 0 <= int(label) < len(class_names) else label
+            sel = c == label
+            ax.scatter(z[sel, 0], z[sel, 1], s=3, alpha=0.7, color=plt.get_cmap("tab10")(i % 10), label=str(name))
+        ax.legend(markerscale=4, fontsize=7, loc="best", frameon=False)
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title("latent space")
@@ -147,8 +153,8 @@ def learning_curves(histories: dict, path=None):
         c = f"C{i % 10}"
         ep = [r["epoch"] for r in h]
         if any("test_elbo" in r for r in h):
-            ax.plot(ep, [r.get("test_elbo", float("nan")) for r in h], "-", color=c, label=f"{name} (test ELBO)")
-        ax.plot(ep, [-r["train_loss"] for r in h], "--", color=c, alpha=0.6)
+            ax.plot(ep, [r.get("test_elbo", float("nan")) for r in h], "o-", color=c, label=f"{name} (test ELBO)")
+        ax.plot(ep, [-r["train_loss"] for r in h], "x--", color=c, alpha=0.6)  # markers: one epoch is a point
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per datapoint")
     ax.set_title("learning curves (dashed: training objective)")
@@ -184,11 +190,16 @@ def per_objective(values: dict, ylabel: str, path=None, hline=None, paired: bool
     return _save(fig, path)
 
 
-def traversal(model, x, dims=None, values=None, path=None):
+def traversal(model, x, dims=None, values=None, path=None, data=None, rows: int = 8):
     """One row per latent dimension: E_q[z|x] with that dimension swept over ``values`` (default
-    -3..3 in 9 steps), decoded. ``dims`` defaults to the first 8."""
+    -3..3 in 9 steps), decoded. ``dims`` defaults to the ``rows`` most active dimensions on
+    ``data`` (largest Cov_x E_q[z|x]: the ones that change the image), else the first ``rows``."""
     z0 = model.encode(x[None].to(model.device))[0]
-    dims = list(range(min(8, z0.shape[0]))) if dims is None else list(dims)
+    if dims is None and data is not None:
+        with torch.no_grad():
+            spread = model.encode(data.to(model.device)).var(0, unbiased=False)
+        dims = spread.argsort(descending=True)[:rows].tolist()
+    dims = list(range(min(rows, z0.shape[0]))) if dims is None else list(dims)
     values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values, dtype=z0.dtype)
     rows = []
     for d in dims:
@@ -209,7 +220,7 @@ def latent_map(model, n: int = 15, span: float = 3.0, path=None):
 
 
 def completions(model, x, n: int = 10, num_samples: int = 3, path=None):
-    """Structured output (:class:`pvae.StructuredCVAE`): the truth, the visible input, and
+    """Structured output ([`pvae.StructuredCVAE`][pvae.StructuredCVAE]): the truth, the visible input, and
     ``num_samples`` completions, each from its own z ~ p(z | visible)."""
     x = x[:n].to(model.device)
     flat = x.reshape(x.shape[0], -1)

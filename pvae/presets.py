@@ -19,7 +19,7 @@ PRESETS = {
 
 
 def preset(name: str, **overrides):
-    """A fresh model of the preset ``name`` (see :data:`PRESETS`), with keyword overrides."""
+    """A fresh model of the preset ``name`` (see `PRESETS`), with keyword overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     cls, config = PRESETS[name]

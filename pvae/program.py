@@ -6,7 +6,7 @@ pvae's bounds and its evaluator need, for one datapoint x_b and draws z_1..z_k ~
 .. math:: \log w_{ib} = \log p(x_b | z_i) + \log p(z_i) - \log q(z_i | x_b),
 
 one number per particle and datapoint, where Pyro's own ``vectorized_importance_weights`` sums
-over the batch. :func:`analyse` traces a program once, on its first batch, and finds what that
+over the batch. `analyse` traces a program once, on its first batch, and finds what that
 takes (NumPyro's ``log_density`` traces once in the same spirit):
 
 - **the data plate**: the ``pyro.plate`` that runs over the datapoints, named anything, sized,
@@ -312,9 +312,9 @@ def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nest
 
     ``model`` and ``guide`` take the same ``*args, **kwargs``. Particles are drawn in one
     vectorized pass, or one trace each where the program's nets cannot take a particle dim
-    (``program.vectorize``; :func:`analyse` finds out). The draws are reparameterized where the
+    (``program.vectorize``; `analyse` finds out). The draws are reparameterized where the
     guide's distributions allow it, so the result is differentiable. ``fixed``: a trace of
-    global latents held at point values (see :func:`fix_globals`). ``complete``: every datapoint
+    global latents held at point values (see `fix_globals`). ``complete``: every datapoint
     of the batch must be scored (evaluation); False allows a program that subsamples its data
     plate itself (training).
     """
@@ -336,7 +336,7 @@ def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nest
 
 def fix_globals(guide, program: Program, *args, **kwargs):
     """A trace holding each global latent of ``program`` at its guide mean (a draw average where
-    the guide distribution has no closed-form mean), for :func:`log_weight_terms`'s ``fixed``;
+    the guide distribution has no closed-form mean), for `log_weight_terms`'s ``fixed``;
     None when the program has no global latents."""
     if not program.global_sites:
         return None
@@ -397,7 +397,7 @@ def _same_one_at_a_time(model, guide, args, kwargs, program: Program, module=Non
 def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None, module=None,
             check_vectorize: bool = True, trusted: bool = False) -> Program:
     """Trace ``guide`` and ``model`` once on ``args``/``kwargs`` (a first batch) and read off a
-    :class:`Program`. ``module`` (the ``nn.Module`` holding the nets) is put in eval mode for the
+    `Program`. ``module`` (the ``nn.Module`` holding the nets) is put in eval mode for the
     vectorization check; ``trusted`` skips that check (pvae's own models broadcast particles)."""
     kwargs = kwargs or {}
     model_trace, guide_trace = plain_traces(model, guide, *args, **kwargs)

@@ -14,6 +14,7 @@ checkpoint are written atomically to ``run_dir``; ``resume=`` continues from one
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -24,9 +25,8 @@ from pathlib import Path
 import pyro
 import torch
 from pyro import poutine
-from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, load_checkpoint, restore_store_params, save_checkpoint, write_text
+from .checkpoint import BEST, CHECKPOINT, load_checkpoint, load_state, restore_store_params, save_checkpoint, write_text
 from .data import binarize as binarize_x
 from .handlers import scale_latents
 from .inputs import Inputs, arrange, own_model
@@ -35,14 +35,16 @@ from .objectives import check_objective, configure, objective as make_objective
 from .pair import as_pair
 from .program import Program, analyse, fix_globals, log_weight_terms, store_params, untrained_leaves
 from .distributed import Context, all_true, launched, setup, sum_all, wrap
-from .validate import check_positive_int
+from .progress import bar as progress_bar, say
+from .runs import RunLock, dumps, prepare
+from .validate import check_number, check_positive_int
 
 
 class History(list):
     """Per-epoch records (dicts: ``epoch``, ``train_loss``, ``test_elbo``, ``seconds``, ...).
 
     ``history.model`` is the trained module, ``history.run_dir`` where its files went,
-    ``history.program`` what tracing the program found (:class:`pvae.program.Program`) and
+    ``history.program`` what tracing the program found ([`pvae.program.Program`][pvae.program.Program]) and
     ``history.notes`` what a user should hear of it (labels not passed, global latents held at
     their guide mean, training scales left out of evaluation, sequential particles).
     """
@@ -70,7 +72,10 @@ class History(list):
 
 
 def resolve_device(device) -> torch.device:
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
     return device
@@ -79,7 +84,7 @@ def resolve_device(device) -> torch.device:
 @torch.no_grad()
 def mean_elbo(pair, data, program: Program | None = None, batch_size: int = 1000) -> float:
     """The ELBO (one draw, no beta, warm-up or other training scale) averaged over the datapoints
-    of ``data`` (an :class:`~pvae.inputs.Inputs`, or anything :func:`pvae.fit` takes); global
+    of ``data`` (an [`Inputs`][pvae.inputs.Inputs], or anything [`pvae.fit`][pvae.fit] takes); global
     latents are held at their guide mean."""
     inputs = data if isinstance(data, Inputs) else arrange(pair, data, what="evaluation data", evaluation=True)[0]
     if program is None:
@@ -111,17 +116,37 @@ def _set_rng_state(state: dict, shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _check_args(epochs, batch_size, lr, warmup_epochs, clip_grad, on_nonfinite):
+def _check_args(objective, epochs, batch_size, lr, seed, warmup_epochs, clip_grad, on_nonfinite, eval_k):
+    if not isinstance(objective, str) and not (hasattr(objective, "loss") and hasattr(objective, "num_particles")):
+        raise TypeError(f"objective must be a name such as 'elbo' or 'iwae:k=50', or a Pyro ELBO instance; got "
+                        f"{type(objective).__name__} {objective!r}")
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if not warmup_epochs >= 0:
-        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-    if clip_grad is not None and not clip_grad > 0:
-        raise ValueError(f"clip_grad must be > 0 (or None), got {clip_grad}")
+    check_positive_int("seed", seed, minimum=0)
+    check_number("lr", lr, low=0, open_low=True)
+    check_number("warmup_epochs", warmup_epochs, low=0)
+    check_number("clip_grad", clip_grad, low=0, open_low=True, allow_none=True)
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+    if eval_k is not None:
+        check_positive_int("eval_k", eval_k)
+
+
+#: the training settings a resumed run must share with the run it continues
+RESUMED = ("objective", "k", "alpha", "batch_size", "lr", "seed", "warmup_epochs", "clip_grad")
+
+
+def _check_resume(saved: dict, given: dict, path) -> None:
+    """Resuming continues a run as it was configured: a different setting is an error naming it."""
+    for key in RESUMED:
+        if key in saved and saved[key] != given[key] and not (key == "alpha" and "renyi" not in str(given["objective"])):
+            raise ValueError(f"resume: {key}={given[key]!r} differs from the run's {key}={saved[key]!r} in {path}; "
+                             f"pass {key}={saved[key]!r} to continue it, or start a new run to change it")
+
+
+def _nonfinite_params(pair, extra: dict) -> list:
+    named = list(pair.named_parameters()) + list(extra.items())
+    return [name for name, p in named if not bool(torch.isfinite(p).all())]
 
 
 class FaultPolicy:
@@ -133,14 +158,23 @@ class FaultPolicy:
     is kept on the device and read every 50 steps and at the end of the epoch: no host sync per step.
     """
 
-    def __init__(self, mode: str, ctx, where: str, deferred: bool):
-        self.mode, self.ctx, self.where, self.deferred = mode, ctx, where, deferred
+    def __init__(self, mode: str, ctx, deferred: bool):
+        self.mode, self.ctx, self.deferred = mode, ctx, deferred
         self.skipped_in_a_row = 0
         self.first_bad = None
+        self.saved = None  # (path, epoch) of the last checkpoint written or resumed from
+
+    def kept(self) -> str:
+        """What is true of the checkpoints after a fault."""
+        if self.saved is None:
+            return "no checkpoint was written (run_dir=None)"
+        path, epoch = self.saved
+        if epoch == 0:
+            return f"no epoch finished, so {path.parent} holds no checkpoint"
+        return f"the last good checkpoint (epoch {epoch}) in {path.parent} is kept"
 
     def _fail(self, epoch, step, what="non-finite loss or gradient"):
-        raise FloatingPointError(f"{what} at epoch {epoch + 1}, step {step}; the last good checkpoint{self.where} "
-                                 "is kept")
+        raise FloatingPointError(f"{what} at epoch {epoch + 1}, step {step}; {self.kept()}")
 
     def start_epoch(self, device):
         self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
@@ -159,7 +193,7 @@ class FaultPolicy:
         for group in optimizer.param_groups:
             group["lr"] *= 0.5
         if self.ctx.main:
-            tqdm.write(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient, batch skipped, lr halved "
+            say(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient, batch skipped, lr halved "
                        f"to {optimizer.param_groups[0]['lr']:.3g}")
         if self.skipped_in_a_row >= 10:
             self._fail(epoch, step + 1, "10 non-finite steps in a row")
@@ -225,45 +259,58 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         labels=None, warmup_epochs: float = 0, run_dir=None, resume=None, progress: bool = True,
         clip_grad: float | None = None, on_nonfinite: str = "stop", distributed: bool | None = None,
         precision: str = "fp32", compile: bool = False, validate: bool = False,
-        data_plate: str | None = None) -> History:
-    """Train a model/guide pair by SVI and return its :class:`History`.
+        data_plate: str | None = None, overwrite: bool = False, callbacks=(), keep_best: bool = True,
+        eval_k: int | None = None) -> History:
+    """Train a model/guide pair by SVI and return its `History`.
 
     Args:
         model: a pvae model, any ``nn.Module`` with ``.model``/``.guide``, or a model function
             (then pass ``guide=`` and ``modules=``, the modules holding their parameters).
         train: tensors, tuples ``(x, a, ...)`` (members reach ``model(x, a, ...)``), dicts of tensors
-            (keywords), ``TensorDataset``s, :class:`pvae.data.Data`, Datasets, names or paths; see
-            :mod:`pvae.inputs`.
+            (keywords), ``TensorDataset``s, [`pvae.data.Data`][pvae.data.Data], Datasets, names or paths; see
+            [`pvae.inputs`][pvae.inputs].
         test: evaluated after every epoch (test ELBO); the same kinds as ``train``, or None.
         labels: labels of ``train`` for conditional pairs (which otherwise take them from
-            ``(x, y)`` data or a :class:`pvae.data.Data`): integers or one-hot rows.
-        objective: a name from :data:`pvae.objectives.OBJECTIVES`, a spec such as ``"iwae:k=50"``
+            ``(x, y)`` data or a [`pvae.data.Data`][pvae.data.Data]): integers or one-hot rows.
+        objective: a name from [`pvae.objectives.OBJECTIVES`][pvae.objectives.OBJECTIVES], a spec such as ``"iwae:k=50"``
             or ``"renyi:k=5,alpha=0.5"``, or a Pyro ELBO instance.
         k: particles (samples of z) per datapoint.
         alpha: Rényi alpha (objective ``"renyi"``).
         warmup_epochs: epochs of linear KL warm-up (0: none).
-        run_dir: where config, history (JSON, CSV) and checkpoints go (None: nowhere).
-        resume: a run folder or checkpoint to continue from; training goes on to ``epochs``.
+        run_dir: where config, history (JSON, CSV) and checkpoints go (None: nowhere). A folder
+            that already holds a run is refused unless ``overwrite=True`` or ``resume`` names it;
+            a lock keeps a second process out while this one writes (see [`pvae.runs`][pvae.runs]).
+        resume: a run folder or checkpoint to continue from; training goes on to ``epochs``. The
+            run's settings (objective, k, batch size, lr, seed, warm-up, clipping) must match.
+        overwrite: replace the run already in ``run_dir`` (its outputs are deleted first).
+        callbacks: callables ``cb(record, history)`` called after every epoch with that epoch's
+            record (a dict: epoch, train_loss, test_elbo, seconds, ...), e.g.
+            [`pvae.callbacks.TensorBoard`][pvae.callbacks.TensorBoard].
+        keep_best: with ``test`` and ``run_dir``, also keep the checkpoint of the best test ELBO
+            as ``best.pt`` (``pvae.load(run_dir / "best.pt")``).
+        eval_k: with ``test`` and ``run_dir``, evaluate the trained model with ``eval_k``
+            importance samples and write the run's report (results.json, summary.md, figures),
+            as ``pvae train`` does (None: no report).
         clip_grad: clip the gradients' global norm to this value (None: no clipping).
         on_nonfinite: a NaN/inf loss or gradient ``"stop"``s training with a ``FloatingPointError``
             naming the epoch and step (the last good checkpoint stays), or is ``"skip"``ped: the
             batch is dropped and the learning rate halved (10 in a row stop training).
         distributed: data-parallel training over the processes of a ``torchrun`` launch (None:
             whenever torchrun started more than one); ``batch_size`` is then the global batch.
-            See :mod:`pvae.distributed`.
+            See [`pvae.distributed`][pvae.distributed].
         precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` for the nets' arithmetic (log-densities stay
-            float32); see :func:`pvae.nets.accelerate`.
+            float32); see [`pvae.nets.accelerate`][pvae.nets.accelerate].
         compile: ``torch.compile`` pvae's nets in place.
         validate: Pyro's distribution validation (off by default: it costs time).
         data_plate: the name of the plate over datapoints (None: found by tracing the program
-            once; see :mod:`pvae.program`).
+            once; see [`pvae.program`][pvae.program]).
 
     Parameters the program registers in Pyro's param store (``pyro.param``, ``pyro.module``) are
     trained and checkpointed with the module's, as Pyro's SVI trains them.
     """
+    _check_args(objective, epochs, batch_size, lr, seed, warmup_epochs, clip_grad, on_nonfinite, eval_k)
     pair = as_pair(model, guide, modules)
     accelerate(pair, precision, compile)
-    _check_args(epochs, batch_size, lr, warmup_epochs, clip_grad, on_nonfinite)
     device = resolve_device(device)
     ctx = Context()
     if distributed or (distributed is None and launched()):
@@ -306,33 +353,64 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                   "data_plate": program.data_plate, "vectorized_particles": program.vectorize}
     history, start_epoch = History(), 0
     if resume is not None:
+        if str(resume).strip() == "":
+            raise ValueError("resume must name a run folder or checkpoint, got an empty string")
         state = load_checkpoint(resume, map_location=device)
-        pair.load_state_dict(state["model_state"])
+        _check_resume(state["fit_config"], fit_config, resume)
+        load_state(pair, state, resume)
         restore_store_params(extra, state.get("pyro_params") or {})
         if state["optimizer_state"] is not None:
             optimizer.load_state_dict(state["optimizer_state"])
         history.extend(state["history"])
         start_epoch = state["epoch"]
+        if epochs <= start_epoch:
+            raise ValueError(f"resume: the run in {resume} has already trained {start_epoch} epochs; pass epochs > "
+                             f"{start_epoch} to continue it")
         if state["rng"]:
             _set_rng_state(state["rng"], shuffle)
             if ctx.active:
                 torch.manual_seed(seed + ctx.rank + 7919 * start_epoch)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    progress = progress and ctx.main
     if run_dir is not None and ctx.main:
-        write_text(run_dir / "config.json", json.dumps({"model_class": type(pair).__name__,
-                                                        "model": getattr(pair, "config", None),
-                                                        "fit": fit_config}, indent=1))
-    where = f" in {run_dir}" if run_dir else ""
+        run_dir = prepare(run_dir, overwrite=overwrite, resume=resume)
+    elif run_dir is not None:
+        run_dir = Path(run_dir)
+    lock = RunLock(run_dir) if run_dir is not None and ctx.main else contextlib.nullcontext()
+    with lock:
+        _fit_epochs(locals())
+    pair.eval()
+    history.model, history.run_dir = pair, run_dir
+    history.program, history.notes = program, inputs.notes + program.eval_notes()
+    pair._pvae_program = program  # the evaluator reuses what this analysis found
+    if eval_k is not None and run_dir is not None and test is not None and ctx.main:
+        from .report import report
 
+        with lock:
+            report(pair, test, run_dir, eval_k, history=history, progress=progress, seed=seed)
+    return history
+
+
+def _fit_epochs(v: dict) -> None:
+    """The epochs of `fit` (its locals in ``v``), with the run folder locked."""
+    pair, elbo, ctx, device, program, extra = v["pair"], v["elbo"], v["ctx"], v["device"], v["program"], v["extra"]
+    inputs, test_inputs, history, run_dir, optimizer = v["inputs"], v["test_inputs"], v["history"], v["run_dir"], v["optimizer"]
+    n, batch_size, epochs, warmup_epochs, shuffle = v["n"], v["batch_size"], v["epochs"], v["warmup_epochs"], v["shuffle"]
+    progress = v["progress"] and ctx.main
+    if run_dir is not None and ctx.main:
+        write_text(run_dir / "config.json", dumps({"model_class": type(pair).__name__,
+                                                   "model": getattr(pair, "config", None), "fit": v["fit_config"]}))
     steps = math.ceil(n / batch_size)
     if ctx.active and 0 < n % batch_size < ctx.world:
         steps -= 1  # a last batch smaller than the number of processes is dropped
-    faults = FaultPolicy(on_nonfinite, ctx, where, deferred=device.type != "cpu" and on_nonfinite == "stop"
+    faults = FaultPolicy(v["on_nonfinite"], ctx, deferred=device.type != "cpu" and v["on_nonfinite"] == "stop"
                          and not ctx.active)
-    with pyro.validation_enabled(validate):
+    if run_dir is not None:
+        faults.saved = (Path(v["resume"]) if v["resume"] is not None and run_dir != Path(v["resume"]) else run_dir
+                        ) / CHECKPOINT, v["start_epoch"]
+    best = max((r["test_elbo"] for r in history if r.get("test_elbo") is not None), default=-math.inf)
+    point_mass = getattr(pair, "point_mass", False)
+    with pyro.validation_enabled(v["validate"]):
         configure(elbo, program)
-        check_objective(elbo, pair, program, first_args, first_kwargs)
+        check_objective(elbo, pair, program, v["first_args"], v["first_kwargs"])
         if ctx.active and extra:
             raise ValueError(f"data-parallel training keeps the module's parameters in sync, and this program also "
                              f"has {len(extra)} in Pyro's param store ({next(iter(extra))!r}, ...): hold them in the "
@@ -340,33 +418,43 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(v["start_epoch"], epochs):
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=shuffle).to(device)
-            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            bar = progress_bar(range(steps), desc=f"epoch {epoch + 1}/{epochs}", progress=progress)
             total, seen, kl_scale = _train_epoch(
-                pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
-                epoch, kl_scale=lambda global_step: min(1.0, global_step / (warmup_epochs * steps))
+                pair, step_loss, optimizer, v["params"], inputs, perm, batch_size, bar, ctx, v["binarize"],
+                v["clip_grad"], faults, epoch, kl_scale=lambda global_step: min(1.0, global_step / (warmup_epochs * steps))
                 if warmup_epochs else 1.0, steps=steps)
             record = {"epoch": epoch + 1, "train_loss": float(total) / max(seen, 1),
                       "seconds": time.perf_counter() - t0, "kl_scale": kl_scale}
+            bad = _nonfinite_params(pair, extra)
+            if bad:  # e.g. a finite gradient times an inf learning rate: never saved as a good checkpoint
+                raise FloatingPointError(f"parameters became non-finite during epoch {epoch + 1} ({bad[0]}"
+                                         f"{', ...' if len(bad) > 1 else ''}); {faults.kept()}")
             if test_inputs is not None and ctx.main:
                 pair.eval()
                 record["test_elbo"] = mean_elbo(pair, test_inputs, program)
+                if math.isnan(record["test_elbo"]):
+                    raise FloatingPointError(f"the test ELBO is NaN after epoch {epoch + 1}; {faults.kept()}")
             history.append(record)
             if progress:
-                tqdm.write(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.2f}"
-                           + (f"  test ELBO {record['test_elbo']:.2f}" if "test_elbo" in record else "")
-                           + f"  {record['seconds']:.1f}s")
+                what = "test log p(x|z)" if point_mass else "test ELBO"
+                say(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.2f}"
+                    + (f"  {what} {record['test_elbo']:.2f}" if "test_elbo" in record else "")
+                    + f"  {record['seconds']:.1f}s")
             if run_dir is not None and ctx.main:
-                save_checkpoint(run_dir / CHECKPOINT, pair, optimizer=optimizer, epoch=epoch + 1,
-                                history=history, rng=_rng_state(shuffle), fit_config=fit_config,
-                                pyro_params=extra)
+                is_best = v["keep_best"] and record.get("test_elbo") is not None and record["test_elbo"] > best
+                if is_best:
+                    best, record["best"] = record["test_elbo"], True
+                save = dict(optimizer=optimizer, epoch=epoch + 1, history=history, rng=_rng_state(shuffle),
+                            fit_config=v["fit_config"], pyro_params=extra)
+                save_checkpoint(run_dir / CHECKPOINT, pair, **save)
+                faults.saved = (run_dir / CHECKPOINT, epoch + 1)
+                if is_best:
+                    save_checkpoint(run_dir / BEST, pair, **save)
                 history.save(run_dir)
+            for callback in v["callbacks"]:
+                callback(record, history)
     if ctx.active:
         torch.distributed.barrier()  # rank 0 has written its checkpoint before anyone returns
-    pair.eval()
-    history.model, history.run_dir = pair, run_dir
-    history.program, history.notes = program, inputs.notes + program.eval_notes()
-    pair._pvae_program = program  # the evaluator reuses what this analysis found
-    return history

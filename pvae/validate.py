@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -29,10 +31,48 @@ def check_data(x: torch.Tensor, pair=None, what: str = "training data") -> None:
                              f"[{support[0]:g}, {support[1]:g}]: rescale (x / 255) or choose likelihood='gaussian'")
 
 
+def _is_integer(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.dim() == 0):
+        return False
+    return math.isfinite(float(value)) and float(value) == int(value)
+
+
 def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
+    """An integer count >= ``minimum`` (epochs, batch size, k): no floats with a fraction, no
+    NaN or inf, no strings."""
+    if not _is_integer(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_number(name: str, value, *, low: float | None = None, high: float | None = None,
+                 open_low: bool = False, allow_none: bool = False) -> float | None:
+    """A finite real number (not a string, not NaN or inf) inside [low, high] (``open_low``:
+    strictly above ``low``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.dim() == 0):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if low is not None and (value <= low if open_low else value < low):
+        raise ValueError(f"{name} must be {'>' if open_low else '>='} {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high:g}, got {value:g}")
+    return value
+
+
+def check_shape(name: str, shape) -> tuple:
+    """A datapoint shape such as ``(784,)`` or ``(1, 28, 28)``: a non-empty tuple of positive integers."""
+    if isinstance(shape, (int, float)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"{name} must be a tuple of sizes such as (784,) or (1, 28, 28), got {shape!r}")
+    shape = tuple(shape)
+    if not shape or not all(_is_integer(s) and s >= 1 for s in shape):
+        raise ValueError(f"{name} must be a non-empty tuple of positive integer sizes, got {shape}")
+    return tuple(int(s) for s in shape)
 
 
 def check_labels(y, n: int, pair, what: str = "training data") -> torch.Tensor | None:
@@ -58,6 +98,11 @@ def check_labels(y, n: int, pair, what: str = "training data") -> torch.Tensor |
     elif y.dim() == 2:
         if classes is not None and y.shape[1] != classes:
             raise ValueError(f"one-hot labels of the {what} have {y.shape[1]} columns, not {classes}")
+        binary = (y == 0) | (y == 1)
+        if not bool(binary.all()) or not bool((y.sum(1) == 1).all()):
+            row = int((~binary.all(1) | (y.sum(1) != 1)).nonzero()[0, 0])
+            raise ValueError(f"one-hot labels of the {what} must be rows of 0s with a single 1; row {row} is "
+                             f"{y[row].tolist()[:6]}{' ...' if y.shape[1] > 6 else ''}")
     else:
         raise ValueError(f"labels must be integers (n,) or one-hot (n, classes), got shape {tuple(y.shape)}")
     return y
@@ -65,15 +110,18 @@ def check_labels(y, n: int, pair, what: str = "training data") -> torch.Tensor |
 
 def check_size(name: str, value, minimum: int = 1) -> int:
     """A model size (latent_dim, num_classes, ...): an integer >= ``minimum``."""
-    if isinstance(value, bool) or int(value) != value or value < minimum:
+    if not _is_integer(value) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {what}, got {value}")
     return int(value)
 
 
-def check_hidden(hidden) -> tuple:
-    """Hidden layer widths: a non-empty tuple of positive integers."""
-    hidden = tuple(int(h) for h in hidden)
-    if not hidden or min(hidden) < 1:
-        raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
-    return hidden
+def check_hidden(hidden, allow_empty: bool = False) -> tuple:
+    """Hidden layer widths: a non-empty tuple of positive integers (``allow_empty``: or none, a
+    linear net)."""
+    if isinstance(hidden, (int, float)) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"hidden must be a tuple of layer widths such as (200, 200), got {hidden!r}")
+    hidden = tuple(hidden)
+    if not (hidden or allow_empty) or not all(_is_integer(h) and h >= 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty tuple of positive widths (integers), got {hidden}")
+    return tuple(int(h) for h in hidden)

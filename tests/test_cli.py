@@ -35,9 +35,9 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], abs=1e-3)
     assert "| test log p(x)" in (run / "summary.md").read_text()
 
-    # eval re-reads the run's data settings; a new k is reported
+    # eval re-reads the run's data settings; a new k is reported in a folder of its own
     assert main(["eval", str(run), "--k", "30", "--quiet"]) == 0
-    res = json.loads((run / "results.json").read_text())
+    res = json.loads((run / "eval-is-k30-seed0" / "results.json").read_text())
     assert res["k"] == 30 and res["n"] == 40
 
     assert main(["sample", str(run), "--n", "9", "--out", str(tmp_path / "s.png"), "--save-tensor"]) == 0
@@ -58,7 +58,7 @@ def test_resume_continues_a_run(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["train", "--n-train", "50", "--epochs", "0", "--beta", "-1"], "beta must be > 0"),
+    (["train", "--n-train", "50", "--epochs", "0", "--objective", "iwae:k=0"], "k must be an integer >= 1"),
     (["eval", "/no/such/run"], "no checkpoint at /no/such/run"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
@@ -152,8 +152,8 @@ def test_apply_anomaly_denoise_inpaint(tmp_path, capsys):
         assert main(["apply", str(run), "--task", task, "--k", "20"]) == 0
         res = json.loads((run / f"{task}.json").read_text())
         assert res["mse"] > 0 and res["mse_reference"] > 0 and (run / f"{task}.png").exists()
-    assert main(["apply", str(run), "--task", "anomaly"]) == 2
-    assert "--anomaly-class" in capsys.readouterr().err
+    assert main(["apply", str(run), "--task", "anomaly", "--k", "20", "--quiet"]) == 0  # the class left out
+    assert json.loads((run / "anomaly.json").read_text())["anomaly_class"] == 8
     assert main(["train", *TINY, "--exclude-class", "11", "--run-dir", str(tmp_path / "x")]) == 2
     assert "no such class" in capsys.readouterr().err
 
@@ -181,7 +181,7 @@ def test_eval_with_ais_and_bdmc_from_the_command_line(tmp_path, capsys):
                  "--hidden", "16", "--binarize", "static", "--run-dir", str(run), "--quiet"]) == 0
     assert main(["eval", str(run), "--k", "50", "--method", "ais", "--steps", "4", "--chains", "2", "--leapfrog", "2",
                  "--quiet"]) == 0
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "eval-ais-k50-steps4-seed0" / "results.json").read_text())
     assert results["ais_steps"] == 4 and results["log_px_ais"] < 0 and results["log_px_ais_se"] > 0
     assert abs(results["ais_minus_is"] - (results["log_px_ais"] - results["log_px"])) < 1e-3
     assert main(["bdmc", str(run), "--n", "4", "--steps", "2", "6", "--chains", "2", "--leapfrog", "2", "--quiet"]) == 0
@@ -193,7 +193,7 @@ def test_eval_with_ais_and_bdmc_from_the_command_line(tmp_path, capsys):
 def test_results_table_is_valid_markdown_with_pipes_in_its_labels():
     import re
 
-    from pvae.cli import ROWS, results_table
+    from pvae.report import ROWS, results_table
 
     table = results_table({key: 1.0 for key, _ in ROWS})
     for line in table.splitlines()[2:]:

@@ -99,12 +99,12 @@ CLI_CASES = [
     (["train", "--n-train", "50", "--objective", "iwea"], "unknown objective 'iwea'"),
     (["train", "--n-train", "50", "--objective", "iwae:k=0"], "k must be an integer >= 1"),
     (["train", "--n-train", "50", "--objective", "renyi:k=5,alpha=1"], "alpha = 1"),
-    (["train", "--n-train", "50", "--objective", "iwae:k=five"], "k='five' is not a number"),
-    (["train", "--n-train", "50", "--beta", "0"], "beta must be > 0"),
-    (["train", "--n-train", "50", "--latent-dim", "0"], "latent_dim must be a positive integer"),
-    (["train", "--n-train", "50", "--hidden", "0"], "hidden must be a non-empty tuple"),
-    (["train", "--n-train", "50", "--epochs", "-2"], "epochs must be an integer >= 0"),
-    (["train", "--n-train", "50", "--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["train", "--n-train", "50", "--objective", "iwae:k=five"], "k='five' is not an integer"),
+    (["train", "--n-train", "50", "--beta", "0"], "argument --beta: 0 is out of range (it must be > 0)"),
+    (["train", "--n-train", "50", "--latent-dim", "0"], "argument --latent-dim: 0 is below the minimum 1"),
+    (["train", "--n-train", "50", "--hidden", "0"], "argument --hidden: 0 is below the minimum 1"),
+    (["train", "--n-train", "50", "--epochs", "-2"], "argument --epochs: -2 is below the minimum 0"),
+    (["train", "--n-train", "50", "--batch-size", "0"], "argument --batch-size: 0 is below the minimum 1"),
     (["train", "--n-train", "50", "--net", "conv", "--dataset", "{d}/big.npy"], "training data lie in"),
     (["train", "--dataset", "{d}/nan.npz"], "training data contain 1 non-finite values"),
     (["train", "--dataset", "{d}/missing.npz"], "no such data file"),
@@ -120,9 +120,15 @@ def test_bad_input_through_the_cli(argv, message, bad_files, capsys):
     if "--device" in argv and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     argv = [a.replace("{d}", str(bad_files)) for a in argv]
-    assert main(argv + ["--quiet"] if argv[0] != "eval" else argv) == 2
+    try:
+        rc = main(argv + ["--quiet"] if argv[0] != "eval" else argv)
+    except SystemExit as e:  # refused by the parser: its usage line, then the error line
+        rc = e.code
+    assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith("pvae: error: ") and message in err, err
+    if "error: argument" in err:
+        err = err.strip().splitlines()[-1]
+    assert "error: " in err and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
@@ -159,7 +165,7 @@ def test_nan_stops_training_naming_epoch_and_step_and_keeps_the_checkpoint(tmp_p
     # 4 steps an epoch; model call 1 is fit's parameter probe, so call 7 is epoch 2, step 2
     m = NaNAt(bad_calls={7})
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at epoch 2, step 2; "
-                                                 r"the last good checkpoint in .* is kept"):
+                                                 r"the last good checkpoint \(epoch 1\) in .* is kept"):
         pvae.fit(m, x, epochs=3, batch_size=10, run_dir=tmp_path, progress=False)
     state = pvae.load_checkpoint(tmp_path)
     assert state["epoch"] == 1 and [r["epoch"] for r in state["history"]] == [1]
@@ -295,9 +301,10 @@ def test_a_checkpoint_that_would_run_code_is_refused(checkpoint, tmp_path):
     state["config"] = Payload(pwned)
     torch.save(state, checkpoint)
     assert not pwned.exists()
-    with pytest.raises(ValueError, match="cannot read checkpoint .*Unpickl|cannot read checkpoint .*weights_only"):
+    with pytest.raises(ValueError, match="cannot read checkpoint .*could run code when loaded.*refused") as e:
         pvae.load(checkpoint)
     assert not pwned.exists()  # nothing ran
+    assert "weights_only" not in str(e.value)  # torch's advice to load unsafely never reaches a user
 
 
 def test_checkpoint_writes_are_atomic(checkpoint, monkeypatch):

@@ -26,6 +26,7 @@ import torch
 
 from ..likelihoods import make_likelihood
 from ..nets import MLP
+from ..validate import check_hidden, check_number, check_shape, check_size
 from .base import PyroVAE
 
 
@@ -36,14 +37,11 @@ class AE(PyroVAE):
 
     def __init__(self, x_shape=(784,), latent_dim=32, hidden=(256,), activation="relu", likelihood="bernoulli",
                  prior="flat", noise=0.0, likelihood_scale=None):
-        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
-        if int(latent_dim) != latent_dim or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
-        if hidden and min(hidden) < 1:
-            raise ValueError(f"hidden widths must be positive, got {hidden}")
+        x_shape, hidden = check_shape("x_shape", x_shape), check_hidden(hidden, allow_empty=True)
+        latent_dim = check_size("latent_dim", latent_dim)
         if prior not in ("flat", "normal"):
             raise ValueError(f"unknown prior {prior!r}; choose 'flat' or 'normal'")
-        if not 0.0 <= noise < 1.0:
+        if not 0.0 <= check_number("noise", noise) < 1.0:
             raise ValueError(f"noise (the masking probability of the denoising AE) must lie in [0, 1), got {noise}")
         super().__init__(x_shape=list(x_shape), latent_dim=int(latent_dim), hidden=list(hidden), activation=activation,
                          likelihood=likelihood, prior=prior, noise=float(noise), likelihood_scale=likelihood_scale)

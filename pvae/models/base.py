@@ -1,5 +1,5 @@
 """What every pvae model shares: its constructor config (for checkpoints) and a registry by
-class name (for :func:`pvae.load`)."""
+class name (for [`pvae.load`][pvae.load])."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class PyroVAE(nn.Module):
     Parameters live in the module (plain ``nn.Parameter``s, never Pyro's global param store),
     so two models in one process never share them. Subclasses call ``super().__init__(**config)``
     with their JSON-able constructor arguments: that ``config`` is written into checkpoints and
-    ``type(self)(**config)`` rebuilds the model in :func:`pvae.load`.
+    ``type(self)(**config)`` rebuilds the model in [`pvae.load`][pvae.load].
     """
 
     def __init_subclass__(cls, **kwargs):

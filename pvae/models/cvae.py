@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from ..guides import DiagonalNormal, make_guide, standard_normal
 from ..likelihoods import make_likelihood
 from ..nets import MLP
-from ..validate import check_hidden, check_size
+from ..validate import check_hidden, check_number, check_shape, check_size
 from .base import PyroVAE
 
 
@@ -35,13 +35,12 @@ class ConditionalVAE(PyroVAE):
     def __init__(self, x_shape=(784,), num_classes=10, latent_dim=20, hidden=(400,), activation="relu",
                  likelihood="bernoulli", guide="diagonal", prior="standard", beta=1.0, likelihood_scale=None,
                  rank=None, flow_steps=None):
-        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
+        x_shape, hidden = check_shape("x_shape", x_shape), check_hidden(hidden)
         num_classes, latent_dim = check_size("num_classes", num_classes, 2), check_size("latent_dim", latent_dim)
         hidden = check_hidden(hidden)
         if prior not in ("standard", "learned"):
             raise ValueError(f"unknown prior {prior!r}; choose 'standard' or 'learned'")
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+        beta = check_number("beta", beta, low=0, open_low=True)
         super().__init__(x_shape=list(x_shape), num_classes=int(num_classes), latent_dim=int(latent_dim),
                          hidden=list(hidden), activation=activation, likelihood=likelihood, guide=guide, prior=prior,
                          beta=float(beta), likelihood_scale=likelihood_scale, rank=rank, flow_steps=flow_steps)

@@ -6,7 +6,7 @@ with c_n fed to the decoder as N one-hot rows. Guide: q_phi(c_{n,j} | x_n) = Cat
 
 Training replaces each one-hot c by a relaxed sample y = softmax((log pi + g) / tau) with
 g ~ Gumbel(0, 1), differentiable in phi, whose temperature tau is annealed
-tau_t = max(tau_min, tau_0 exp(-r t)) step by step (the trainer calls :meth:`anneal`).
+tau_t = max(tau_min, tau_0 exp(-r t)) step by step (the trainer calls `anneal`).
 Following Jang et al., the regularizer is the KL between the *categorical* distributions,
 KL(q || p) = sum_j sum_k pi_jk log(K pi_jk), registered in closed form so that
 ``objective="mf-elbo"`` (TraceMeanField_ELBO) optimizes
@@ -17,7 +17,7 @@ The density of a one-hot value is log Cat(c; pi) = sum_k c_k log pi_k; the distr
 the same formula for relaxed values (a soft cross-entropy), so Monte Carlo objectives ("elbo",
 "iwae") also train. ``hard=True`` gives the straight-through variant (one-hot forward pass,
 the relaxed gradient backward). In ``eval()`` mode samples are exactly one-hot draws from the
-categorical, whose densities are exact: :func:`pvae.log_likelihood` then estimates the log p(x)
+categorical, whose densities are exact: [`pvae.log_likelihood`][pvae.log_likelihood] then estimates the log p(x)
 of the discrete model itself, sum_c p(c) p(x|c), by importance sampling with q(c|x).
 """
 
@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from ..likelihoods import make_likelihood
 from ..nets import MLP
-from ..validate import check_hidden, check_size
+from ..validate import check_hidden, check_shape, check_size
 from .base import PyroVAE
 
 
@@ -100,7 +100,7 @@ class GumbelSoftmaxVAE(PyroVAE):
 
     def __init__(self, x_shape=(784,), num_vars=20, num_classes=10, hidden=(512, 256), activation="relu",
                  likelihood="bernoulli", temperature=1.0, min_temperature=0.5, anneal_rate=1e-4, hard=False):
-        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
+        x_shape, hidden = check_shape("x_shape", x_shape), check_hidden(hidden)
         num_vars, num_classes = check_size("num_vars", num_vars), check_size("num_classes", num_classes, 2)
         hidden = check_hidden(hidden)
         if not 0 < min_temperature <= temperature:
@@ -123,7 +123,7 @@ class GumbelSoftmaxVAE(PyroVAE):
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
     def anneal(self, step: int) -> None:
-        """Set tau for training step ``step`` (called by :func:`pvae.fit` before every step)."""
+        """Set tau for training step ``step`` (called by [`pvae.fit`][pvae.fit] before every step)."""
         self.temperature = max(self.min_temperature, self.temperature0 * math.exp(-self.anneal_rate * step))
 
     def _tau(self):

@@ -33,6 +33,7 @@ from torch import nn
 from ..guides import DiagonalNormal, make_guide, standard_normal
 from ..likelihoods import make_likelihood
 from ..nets import MLP
+from ..validate import check_hidden, check_number, check_shape, check_size
 from .base import PyroVAE
 
 
@@ -46,10 +47,11 @@ class HierarchicalVAE(PyroVAE):
     def __init__(self, x_shape=(784,), latent_dims=(100, 50), hidden=((200, 200), (100, 100)), activation="tanh",
                  likelihood="bernoulli", guide="diagonal", inference="bottom-up", beta=1.0, likelihood_scale=None,
                  rank=None, flow_steps=None):
-        x_shape, dims = tuple(int(s) for s in x_shape), tuple(int(d) for d in latent_dims)
-        hidden = tuple(tuple(int(w) for w in h) for h in hidden)
+        x_shape, dims = check_shape("x_shape", x_shape), tuple(check_size("latent_dims", d) for d in latent_dims)
+        hidden = tuple(check_hidden(h) for h in hidden)
         L = len(dims)
-        betas = [float(b) for b in beta] if isinstance(beta, (list, tuple)) else [float(beta)] * L
+        betas = ([check_number("beta", b, low=0, open_low=True) for b in beta] if isinstance(beta, (list, tuple))
+                 else [check_number("beta", beta, low=0, open_low=True)] * L)
         if L < 2 or min(dims) < 1:
             raise ValueError(f"latent_dims must list >= 2 positive sizes (z1 first), got {dims}")
         if len(hidden) != L or any(not h or min(h) < 1 for h in hidden):

@@ -15,7 +15,7 @@ enumeration, so every batch runs the decoder once per class.
 
 The classifier would otherwise learn from unlabelled data only, so the model adds Kingma's
 classification term alpha * log q(y_n | x_n) for each labelled datapoint (``classifier_weight``,
-a ``pyro.factor`` in the data plate). Test accuracy is that of :meth:`classify`, argmax q(y|x).
+a ``pyro.factor`` in the data plate). Test accuracy is that of `classify`, argmax q(y|x).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from ..guides import DiagonalNormal, standard_normal
 from ..likelihoods import make_likelihood
 from ..nets import MLP
-from ..validate import check_hidden, check_size
+from ..validate import check_hidden, check_shape, check_size
 from .base import PyroVAE
 
 #: a log-probability that is 0 after exp() and finite after multiplication by 0 (point masses)
@@ -59,7 +59,7 @@ class SemiSupervisedVAE(PyroVAE):
 
     def __init__(self, x_shape=(784,), num_classes=10, latent_dim=50, hidden=(500,), activation="softplus",
                  likelihood="bernoulli", classifier_weight=50.0):
-        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
+        x_shape, hidden = check_shape("x_shape", x_shape), check_hidden(hidden)
         num_classes, latent_dim = check_size("num_classes", num_classes, 2), check_size("latent_dim", latent_dim)
         hidden = check_hidden(hidden)
         if not classifier_weight >= 0:
@@ -120,7 +120,7 @@ class SemiSupervisedVAE(PyroVAE):
 
     @torch.no_grad()
     def accuracy(self, x, y, batch_size: int = 1000) -> float:
-        """The share of datapoints whose :meth:`classify` label is ``y``."""
+        """The share of datapoints whose `classify` label is ``y``."""
         y = torch.as_tensor(y)
         right = sum(int((self.classify(x[s:s + batch_size]).cpu() == y[s:s + batch_size]).sum())
                     for s in range(0, x.shape[0], batch_size))

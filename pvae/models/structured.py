@@ -9,7 +9,7 @@ Each image x is split by a fixed mask into a visible part v (the input) and a hi
 
 and the guide (recognition net) sees the whole image: q_phi(z_n | v_n, h_n). The visible part
 is conditioned on, never scored, so every pvae bound of this pair bounds the *conditional*
-log-likelihood log p(h | v), and :func:`pvae.log_likelihood` estimates it by importance
+log-likelihood log p(h | v), and [`pvae.log_likelihood`][pvae.log_likelihood] estimates it by importance
 sampling with z ~ q(z | v, h):
 
 .. math:: \log p(h \mid v) \approx \operatorname{logsumexp}_i
@@ -31,7 +31,7 @@ import torch
 from ..guides import DiagonalNormal
 from ..likelihoods import make_likelihood
 from ..nets import MLP
-from ..validate import check_hidden, check_size
+from ..validate import check_hidden, check_shape, check_size
 from .base import PyroVAE
 
 #: visible quadrants (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) by how many are given
@@ -39,7 +39,7 @@ QUADRANTS = {1: (2,), 2: (2, 3), 3: (1, 2, 3)}
 
 
 def quadrant_mask(height: int, width: int, visible) -> torch.Tensor:
-    """Boolean (height, width) mask, True on the ``visible`` quadrants (indices as in :data:`QUADRANTS`)."""
+    """Boolean (height, width) mask, True on the ``visible`` quadrants (indices as in `QUADRANTS`)."""
     mask = torch.zeros(height, width, dtype=torch.bool)
     for q in visible:
         if q not in (0, 1, 2, 3):
@@ -55,7 +55,7 @@ class StructuredCVAE(PyroVAE):
 
     Args:
         x_shape: shape of one image; the last two dims (or a square of the values) are H, W.
-        visible: how many quadrants are given (1, 2 or 3, see :data:`QUADRANTS`) or a list of
+        visible: how many quadrants are given (1, 2 or 3, see `QUADRANTS`) or a list of
             quadrant indices.
         latent_dim: D, the size of z; 0 for the deterministic baseline.
         hidden: widths of each net's hidden layers.
@@ -63,7 +63,7 @@ class StructuredCVAE(PyroVAE):
 
     def __init__(self, x_shape=(784,), visible=1, latent_dim=32, hidden=(500, 500), activation="relu",
                  likelihood="bernoulli"):
-        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
+        x_shape, hidden = check_shape("x_shape", x_shape), check_hidden(hidden)
         if isinstance(visible, int):
             if visible not in QUADRANTS:
                 raise ValueError(f"visible must be 1, 2 or 3 quadrants (or a list of quadrant indices), got {visible}")

@@ -26,7 +26,7 @@ from pyro import poutine
 from ..guides import make_guide, standard_normal
 from ..likelihoods import make_likelihood
 from ..nets import MLP, ConvDecoder, ConvEncoder
-from ..validate import check_hidden, check_size
+from ..validate import check_hidden, check_number, check_shape, check_size
 from .base import PyroVAE
 
 
@@ -38,7 +38,7 @@ class VAE(PyroVAE):
         latent_dim: D, the size of z.
         hidden: widths of the encoder's hidden layers (the decoder mirrors them). For
             ``net="conv"`` the last width is the size of the conv encoder's features.
-        activation: ``"tanh"``, ``"relu"``, ... (see :data:`pvae.nets.ACTIVATIONS`).
+        activation: ``"tanh"``, ``"relu"``, ... (see [`pvae.nets.ACTIVATIONS`][pvae.nets.ACTIVATIONS]).
         likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"continuous-bernoulli"``.
         guide: guide family: ``"diagonal"``, ``"fullcov"``, ``"lowrank"`` or ``"iaf"``.
         beta: weight of the KL term (> 0).
@@ -51,12 +51,11 @@ class VAE(PyroVAE):
     def __init__(self, x_shape=(784,), latent_dim=50, hidden=(200, 200), activation="tanh",
                  likelihood="bernoulli", guide="diagonal", beta=1.0, net="mlp", likelihood_scale=None,
                  rank=None, flow_steps=None):
-        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
+        x_shape, hidden = check_shape("x_shape", x_shape), check_hidden(hidden)
         if not x_shape or min(x_shape) < 1:
             raise ValueError(f"x_shape must be a non-empty tuple of positive sizes, got {x_shape}")
         latent_dim, hidden = check_size("latent_dim", latent_dim), check_hidden(hidden)
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+        beta = check_number("beta", beta, low=0, open_low=True)
         super().__init__(x_shape=list(x_shape), latent_dim=int(latent_dim), hidden=list(hidden),
                          activation=activation, likelihood=likelihood, guide=guide, beta=float(beta),
                          net=net, likelihood_scale=likelihood_scale, rank=rank, flow_steps=flow_steps)

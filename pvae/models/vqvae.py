@@ -31,6 +31,7 @@ from torch import nn
 
 from ..likelihoods import make_likelihood
 from ..nets import MLP
+from ..validate import check_hidden, check_number, check_shape, check_size
 from .base import PyroVAE
 
 
@@ -41,14 +42,10 @@ class VQVAE(PyroVAE):
 
     def __init__(self, x_shape=(784,), num_codes=64, code_dim=16, hidden=(256,), activation="relu",
                  likelihood="bernoulli", commitment=5.0, vq_weight=1.0, likelihood_scale=None):
-        x_shape, hidden = tuple(int(s) for s in x_shape), tuple(int(h) for h in hidden)
-        for name, v in (("num_codes", num_codes), ("code_dim", code_dim)):
-            if int(v) != v or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v}")
-        if not commitment >= 0:
-            raise ValueError(f"commitment must be >= 0, got {commitment}")
-        if not vq_weight > 0:
-            raise ValueError(f"vq_weight must be > 0, got {vq_weight}")
+        x_shape, hidden = check_shape("x_shape", x_shape), check_hidden(hidden)
+        num_codes, code_dim = check_size("num_codes", num_codes), check_size("code_dim", code_dim)
+        commitment = check_number("commitment", commitment, low=0)
+        vq_weight = check_number("vq_weight", vq_weight, low=0, open_low=True)
         super().__init__(x_shape=list(x_shape), num_codes=int(num_codes), code_dim=int(code_dim), hidden=list(hidden),
                          activation=activation, likelihood=likelihood, commitment=float(commitment),
                          vq_weight=float(vq_weight), likelihood_scale=likelihood_scale)
