@@ -23,6 +23,7 @@ from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
 from .objectives import OBJECTIVES
 from .report import report, results_table
+from .validate import out_of_memory
 
 
 # -- the work, shared by the commands -----------------------------------------------------------
@@ -738,33 +739,6 @@ def _on_signal(signum, frame):
     raise Terminated(signal.Signals(signum).name)
 
 
-def _out_of_memory(e: BaseException) -> str | None:
-    """One line for an allocation that failed: what was asked, what is free, which options to lower."""
-    import torch
-
-    text = str(e)
-    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
-            or "out of memory" in text or "integer multiplication overflow" in text):
-        return None
-    import re
-
-    asked = re.search(r"allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]iB)", text)
-    what = ""
-    if asked and asked.group(1):
-        what = f"one tensor needed {int(asked.group(1)) / 2 ** 30:.1f} GiB"
-    elif asked:
-        what = f"one tensor needed {asked.group(2)}"
-    elif "overflow" in text:
-        what = "a tensor's size overflows 64 bits"
-    try:
-        free = (torch.cuda.mem_get_info()[0] if "CUDA" in text else
-                int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemAvailable"))) * 1024)
-        where = f"{free / 2 ** 30:.1f} GiB are free"
-    except (OSError, StopIteration, RuntimeError):
-        where = "more than is free"
-    return f"out of memory: {what or 'an allocation failed'} and {where}"
-
-
 #: the options whose size a memory error is about, per command
 SIZES = {"train": ("k", "batch_size", "latent_dim", "hidden"), "compare": ("batch_size", "latent_dim", "hidden", "eval_k"),
          "eval": ("k",), "sample": ("n",), "apply": ("k",), "bdmc": ("n", "chains"), "demo": ("eval_k",)}
@@ -791,7 +765,7 @@ def main(argv=None) -> int:
         print(f"pvae: stopped by {e}; the last checkpoint is kept", file=sys.stderr)
         return 143
     except (OSError, MemoryError, RuntimeError) as e:
-        oom = _out_of_memory(e)
+        oom = out_of_memory(e)
         if oom is None and not isinstance(e, OSError):
             raise
         if oom is not None:

@@ -37,7 +37,7 @@ from .program import Program, analyse, fix_globals, log_weight_terms, store_para
 from .distributed import Context, all_true, launched, setup, sum_all, wrap
 from .progress import bar as progress_bar, say
 from .runs import RunLock, dumps, prepare
-from .validate import check_number, check_positive_int
+from .validate import check_number, check_positive_int, out_of_memory
 
 
 class History(list):
@@ -308,6 +308,19 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     Parameters the program registers in Pyro's param store (``pyro.param``, ``pyro.module``) are
     trained and checkpointed with the module's, as Pyro's SVI trains them.
     """
+    settings = dict(locals())
+    try:
+        return _fit(**settings)
+    except (RuntimeError, MemoryError) as e:
+        what = out_of_memory(e)
+        if what is None:
+            raise
+        raise MemoryError(f"{what}; lower k ({k}) or batch_size ({batch_size}), or use a smaller model") from None
+
+
+def _fit(model, train, objective, *, guide, modules, k, alpha, epochs, batch_size, lr, seed, device, test, labels,
+         warmup_epochs, run_dir, resume, progress, clip_grad, on_nonfinite, distributed, precision, compile, validate,
+         data_plate, overwrite, callbacks, keep_best, eval_k) -> History:
     _check_args(objective, epochs, batch_size, lr, seed, warmup_epochs, clip_grad, on_nonfinite, eval_k)
     pair = as_pair(model, guide, modules)
     accelerate(pair, precision, compile)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -125,3 +126,28 @@ def check_hidden(hidden, allow_empty: bool = False) -> tuple:
     if not (hidden or allow_empty) or not all(_is_integer(h) and h >= 1 for h in hidden):
         raise ValueError(f"hidden must be a non-empty tuple of positive widths (integers), got {hidden}")
     return tuple(int(h) for h in hidden)
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """One line for an allocation that failed: what was asked, what is free, which options to lower."""
+    text = str(e)
+    if text.startswith("out of memory:"):  # said already (by pvae.fit): its first part
+        return text.split(";")[0]
+    if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+            or "out of memory" in text or "integer multiplication overflow" in text):
+        return None
+    asked = re.search(r"allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]iB)", text)
+    what = ""
+    if asked and asked.group(1):
+        what = f"one tensor needed {int(asked.group(1)) / 2 ** 30:.1f} GiB"
+    elif asked:
+        what = f"one tensor needed {asked.group(2)}"
+    elif "overflow" in text:
+        what = "a tensor's size overflows 64 bits"
+    try:
+        free = (torch.cuda.mem_get_info()[0] if "CUDA" in text else
+                int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemAvailable"))) * 1024)
+        where = f"{free / 2 ** 30:.1f} GiB are free"
+    except (OSError, StopIteration, RuntimeError):
+        where = "more than is free"
+    return f"out of memory: {what or 'an allocation failed'} and {where}"

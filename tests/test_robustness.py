@@ -537,3 +537,9 @@ def test_latent_space_names_the_classes(tmp_path):
     fig = pvae.plots.latent_space(m, test.x, test.y, class_names=test.classes)
     texts = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
     assert "Trouser" in texts and "Ankle boot" in texts
+
+
+def test_a_huge_k_through_the_api_is_one_line_saying_what_was_asked():
+    with pytest.raises(MemoryError, match=r"out of memory: .* are free; lower k \(10000000000\) or batch_size") as e:
+        pvae.fit(vae(), X, objective="iwae", k=10 ** 10, progress=False)
+    assert "\n" not in str(e.value)
