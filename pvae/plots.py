@@ -91,7 +91,7 @@ def latent_space(model, x, labels=None, path=None, max_points: int = 5000, class
         axes = ("z_1", "z_2")
     else:
         z, axes = torch.cat([z, torch.zeros_like(z)], 1), ("z_1", "")
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = plt.subplots(figsize=(5, 4.5) if labels is None else (6.2, 4.5), layout="constrained")
     c = None if labels is None else labels[:max_points].cpu().numpy()
     z = z.numpy()
     if c is None:
@@ -101,7 +101,7 @@ def latent_space(model, x, labels=None, path=None, max_points: int = 5000, class
             name = class_names[int(label)] if class_names is not None and 0 <= int(label) < len(class_names) else label
             sel = c == label
             ax.scatter(z[sel, 0], z[sel, 1], s=3, alpha=0.7, color=plt.get_cmap("tab10")(i % 10), label=str(name))
-        ax.legend(markerscale=4, fontsize=7, loc="best", frameon=False)
+        ax.legend(markerscale=4, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title("latent space")
