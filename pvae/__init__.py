@@ -11,8 +11,10 @@ from . import callbacks
 from .ais import bdmc
 from .applications import anomaly_scores, auroc, corrupt, inpaint
 from .checkpoint import load, load_checkpoint, save_checkpoint
+from .code_prior import fit_code_prior
 from .compare import compare
 from .data import Data, load_dataset
+from .disentangle import mig
 from .evaluate import active_units, ess, evaluate, log_likelihood, posterior_means, psis_khat
 from .handlers import scale_latents
 from .models import AE, MODELS, GumbelSoftmaxVAE, VAE, VQVAE, ConditionalVAE, HierarchicalVAE, PyroVAE, SemiSupervisedVAE, StructuredCVAE
@@ -20,7 +22,9 @@ from .objectives import (CombinationIWAE, DReGIWAE, ImportanceWeightedELBO, Mult
                          PartialIWAE, PyroRenyiELBO, StickingTheLandingELBO, log_weight_terms, objective)
 from .pair import ModelGuide
 from .presets import PRESETS, preset
+from .priors import aggregate_kl
 from .report import report
+from .samplers import fit_sampler
 from .train import History, fit
 
 __version__ = "0.1.0"
@@ -32,6 +36,7 @@ __all__ = [
     "log_likelihood", "bdmc", "evaluate", "active_units", "posterior_means", "ess", "psis_khat",
     "anomaly_scores", "auroc", "corrupt", "inpaint",
     "load", "load_checkpoint", "save_checkpoint", "Data", "load_dataset", "report", "callbacks",
+    "fit_code_prior", "fit_sampler", "mig", "aggregate_kl",
 ]
 
 

@@ -69,6 +69,15 @@ def save_checkpoint(path, module, *, optimizer=None, epoch: int = 0, history=Non
     return Path(path)
 
 
+def update_model(path, module) -> None:
+    """Replace the model (parameters and config) in the checkpoint at ``path``, keeping the rest of
+    the training state: for parts fitted after training, such as a VQ-VAE's code prior."""
+    state = torch.load(resolve(path), map_location="cpu", weights_only=True)
+    state["model_state"] = module.state_dict()
+    state["config"] = json.dumps(getattr(module, "config", None))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
 def resolve(path) -> Path:
     """A run folder or a checkpoint file -> the checkpoint file."""
     path = Path(path)

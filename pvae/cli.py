@@ -126,24 +126,29 @@ def build_model(args, x_shape, num_classes: int = 10):
 
         return load_program(args.model)
     options = dict(rank=args.rank, flow_steps=args.flow_steps)
+    learned = dict(prior=args.prior or "standard", prior_components=args.prior_components,
+                   prior_flow_steps=args.prior_flow_steps)
+    if (args.prior_components is not None or args.prior_flow_steps is not None) and args.model != "vae":
+        raise ValueError("--prior-components and --prior-flow-steps shape the learned priors of --model vae")
     if args.preset:
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
         if args.model != "vae":
             raise ValueError(f"--preset builds a VAE; it cannot be combined with --model {args.model}")
         extra = {"inference": args.inference} if "latent_dims" in PRESETS[args.preset][1] else {}
-        return preset(args.preset, guide=args.guide, beta=args.beta, **options, **extra)
+        return preset(args.preset, guide=args.guide, beta=args.beta, **options, **extra, **learned)
 
     flat = (math.prod(x_shape),)
     nets = dict(hidden=tuple(args.hidden), activation=args.activation, likelihood=args.likelihood)
-    if args.prior is not None and args.model not in ("cvae", "ae"):
-        raise ValueError(f"--prior applies to --model cvae (standard, learned) and ae (flat, normal), not {args.model}")
+    if args.prior is not None and args.model not in ("vae", "cvae", "ae"):
+        raise ValueError(f"--prior applies to --model vae (standard, mog, vamp, flow), cvae (standard, learned) and "
+                         f"ae (flat, normal), not {args.model}")
     if args.model == "vae":
         shape = tuple(x_shape) if args.net == "conv" else flat
         if args.net == "conv" and len(shape) == 2:  # (H, W) grey images: one channel
             shape = (1,) + shape
         return models.VAE(x_shape=shape, latent_dim=args.latent_dim, guide=args.guide, beta=args.beta, net=args.net,
-                          likelihood_scale=args.likelihood_scale, **nets, **options)
+                          likelihood_scale=args.likelihood_scale, **nets, **options, **learned)
     if args.model == "cvae":
         return models.ConditionalVAE(x_shape=flat, num_classes=num_classes, latent_dim=args.latent_dim,
                                      guide=args.guide, prior=args.prior or "standard", beta=args.beta, **nets,
@@ -158,7 +163,7 @@ def build_model(args, x_shape, num_classes: int = 10):
     if args.model == "ae":
         return models.AE(x_shape=flat, latent_dim=args.latent_dim, prior=args.prior or "flat", noise=args.noise,
                          likelihood_scale=args.likelihood_scale, **nets)
-    return models.VQVAE(x_shape=flat, num_codes=args.num_codes, code_dim=args.latent_dim,
+    return models.VQVAE(x_shape=flat, num_codes=args.num_codes, code_dim=args.latent_dim, num_latents=args.num_latents,
                         likelihood_scale=args.likelihood_scale, **nets)
 
 
@@ -187,7 +192,9 @@ def _num_classes(data) -> int:
 MODEL_OPTIONS = {"latent_dim": "latent_dim", "hidden": "hidden", "activation": "activation",
                  "likelihood": "likelihood", "guide": "guide", "beta": "beta", "net": "net", "rank": "rank",
                  "flow_steps": "flow_steps", "likelihood_scale": "likelihood_scale", "num_codes": "num_codes",
-                 "num_vars": "num_vars", "num_classes": "num_classes", "noise": "noise", "visible": "visible"}
+                 "num_vars": "num_vars", "num_classes": "num_classes", "noise": "noise", "visible": "visible",
+                 "prior": "prior", "prior_components": "prior_components", "prior_flow_steps": "prior_flow_steps",
+                 "num_latents": "num_latents"}
 #: CLI options that configure training, by the name fit's stored config uses
 FIT_OPTIONS = {"objective": "objective", "k": "k", "alpha": "alpha", "batch_size": "batch_size", "lr": "lr",
                "seed": "seed", "warmup_epochs": "warmup_epochs", "clip_grad": "clip_grad"}
@@ -240,12 +247,7 @@ def _show(v) -> str:
 
 
 def cmd_train(args):
-    import pyro
-    import torch
-
-    from .checkpoint import write_text
-    from .runs import RunLock, dumps, fresh, prepare
-    from .train import fit
+    from .runs import fresh, prepare
 
     if args.resume is not None:
         if not str(args.resume).strip():
@@ -255,8 +257,25 @@ def cmd_train(args):
     if args.run_dir is None and "TORCHELASTIC_RUN_ID" in os.environ:  # one name for every rank
         args.run_dir = str(Path("runs") / f"{args.kind}-{os.environ['TORCHELASTIC_RUN_ID']}")
     run_dir = args.run_dir if args.run_dir is not None else fresh(args.kind)
+    created = not Path(run_dir).exists()
     if main_rank:
         run_dir = prepare(run_dir, overwrite=args.overwrite, resume=args.resume)
+    try:
+        _train_in(args, run_dir, main_rank)
+    except BaseException:
+        if created and main_rank and Path(run_dir).is_dir() and not any(Path(run_dir).iterdir()):
+            Path(run_dir).rmdir()  # a bad input found before anything was written leaves no empty folder
+        raise
+
+
+def _train_in(args, run_dir, main_rank):
+    import pyro
+    import torch
+
+    from .checkpoint import write_text
+    from .runs import RunLock, dumps
+    from .train import fit
+
     with RunLock(run_dir) if main_rank else contextlib.nullcontext():
         if main_rank:
             print(f"writing to {run_dir}", flush=True)
@@ -276,6 +295,14 @@ def cmd_train(args):
                 callbacks=[TensorBoard(args.tensorboard)] if getattr(args, "tensorboard", None) else ())
         data = {k: getattr(args, k, None) for k in ("dataset", "data_dir", "n_train", "n_test", "exclude_class")}
         data["binarize"] = binarization(args)
+        if args.model == "vqvae" and getattr(args, "code_prior_epochs", 0) and main_rank:
+            from .checkpoint import update_model
+            from .code_prior import fit_code_prior
+
+            fitted = fit_code_prior(h.model, train, test, epochs=args.code_prior_epochs, seed=args.seed,
+                                    progress=not args.quiet)
+            update_model(run_dir / "checkpoint.pt", h.model)  # the prior is part of the model from now on
+            h.model._pvae_code_prior = {k: fitted[k] for k in ("test_nll", "uniform_nll", "codes_used")}
         if own_program(args):  # how `pvae eval` rebuilds it
             data.update(program=args.model, data_plate=h.program.data_plate)
         if not main_rank:
@@ -312,16 +339,18 @@ def _open_run(args):
     return run_dir, load(args.run, map_location=args.device)
 
 
-def _run_data(run_dir: Path, args):
+def _run_data(run_dir: Path, args, split: str = "test"):
+    """The run's test (or training) data, as data.json recorded them."""
     from .runs import read_json
 
     saved = read_json(run_dir / "data.json") if (run_dir / "data.json").exists() else {}
-    for key in ("dataset", "data_dir", "binarize", "n_test", "exclude_class"):
+    for key in ("dataset", "data_dir", "binarize", "n_test", "n_train", "exclude_class"):
         if getattr(args, key, None) is None:
             setattr(args, key, saved.get(key, {"dataset": EMBEDDED, "binarize": "none"}.get(key)))
-    args.n_train = None
+    if split == "test":
+        args.n_train = None
     args.model = saved.get("program") or "vae"
-    return load_split(args, "test")
+    return load_split(args, split)
 
 
 def cmd_eval(args):
@@ -369,17 +398,30 @@ def cmd_sample(args):
     from . import plots
 
     run_dir, model = _open_run(args)
-    if not hasattr(model, "sample"):
+    if args.sampler == "gmm":  # an ex-post sampler fitted to the codes of the run's training data
+        from .samplers import fit_sampler
+
+        sampler = fit_sampler(model, _run_data(run_dir, args, "train"), kind="gmm", components=args.components,
+                              seed=args.seed)
+        draw = lambda n: sampler.sample(n, seed=args.seed)  # noqa: E731
+    elif not hasattr(model, "sample") or not getattr(model, "can_sample", True):
         why = {"StructuredCVAE": "it predicts hidden quadrants from visible ones (StructuredCVAE.complete)",
-               "VQVAE": "its prior over codes is not learned (fit one, e.g. a PixelCNN, over encode(x))",
-               "AE": "a point-mass autoencoder has no generative prior"}.get(type(model).__name__, "")
-        raise ValueError(f"{type(model).__name__} has no sample(): {why}" if why else
+               "VQVAE": "its prior over codes is not learned (train with --code-prior-epochs > 0, or "
+                        "pvae.fit_code_prior)",
+               "AE": "a point-mass autoencoder has no generative prior (use --sampler gmm)"}.get(type(model).__name__)
+        raise ValueError(f"{type(model).__name__} cannot sample: {why}" if why else
                          f"{type(model).__name__} has no sample() method")
-    out = Path(args.out) if args.out else run_dir / f"samples-n{args.n}-seed{args.seed}.png"
-    plots.samples(model, n=args.n, path=out, seed=args.seed)
+    else:
+        def draw(n):
+            torch.manual_seed(args.seed)
+            return model.sample(n)
+    name = f"samples-n{args.n}-seed{args.seed}" + ("-gmm" if args.sampler == "gmm" else "")
+    out = Path(args.out) if args.out else run_dir / f"{name}.png"
+    images = draw(args.n).cpu()
+    ncol = math.ceil(math.sqrt(args.n))
+    plots.image_grid([images[i:i + ncol] for i in range(0, len(images), ncol)], out)
     if args.save_tensor:
-        torch.manual_seed(args.seed)
-        torch.save(model.sample(args.n).cpu(), out.with_suffix(".pt"))
+        torch.save(images, out.with_suffix(".pt"))
     print(f"wrote {out}")
 
 
@@ -405,7 +447,7 @@ def cmd_demo(args):
     for key, value in dict(dataset=EMBEDDED, data_dir=None, binarize="dynamic", n_train=None, n_test=None,
                            latent_dim=50, hidden=[200, 200], activation="tanh", likelihood="bernoulli",
                            guide="diagonal", beta=1.0, net="mlp", likelihood_scale=None, objective="elbo",
-                           model="vae", prior=None,
+                           model="vae", prior=None, prior_components=None, prior_flow_steps=None,
                            preset=None, inference="bottom-up", rank=None, flow_steps=None,
                            k=1, alpha=0.5, batch_size=100, lr=1e-3, warmup_epochs=0, resume=None, precision="fp32",
                            compile=False, clip_grad=None, exclude_class=None).items():
@@ -569,7 +611,11 @@ def _add_model_args(p):
     p.add_argument("--flow-steps", type=POSITIVE, default=None, help="IAF steps of the iaf guide (default 2)")
     p.add_argument("--net", choices=("mlp", "conv"), default="mlp", help="encoder/decoder nets")
     p.add_argument("--beta", type=_real(0, open_low=True), default=1.0, help="weight of the KL term (beta-VAE)")
-    p.add_argument("--prior", default=None, help="cvae: standard or learned (p(z|y)); ae: flat or normal")
+    p.add_argument("--prior", default=None, help="vae: standard, mog, vamp or flow (learned priors, see docs/priors.md); "
+                   "cvae: standard or learned (p(z|y)); ae: flat or normal")
+    p.add_argument("--prior-components", type=POSITIVE, default=None,
+                   help="vae: components of the mog (default 10) or vamp (default 100) prior")
+    p.add_argument("--prior-flow-steps", type=POSITIVE, default=None, help="vae: steps of the flow prior (default 2)")
     p.add_argument("--labels", type=POSITIVE, default=100, help="m2: how many training labels are kept")
     p.add_argument("--visible", type=int, choices=(1, 2, 3), default=1, help="structured: visible quadrants")
     p.add_argument("--num-vars", type=POSITIVE, default=20, help="gumbel: number of categorical latents")
@@ -577,6 +623,10 @@ def _add_model_args(p):
     p.add_argument("--hard", action="store_true", help="gumbel: straight-through (one-hot forward pass)")
     p.add_argument("--noise", type=_real(0, high=0.999), default=0.0, help="ae: masking probability of the denoising AE")
     p.add_argument("--num-codes", type=POSITIVE, default=64, help="vqvae: codebook size (--latent-dim: code size)")
+    p.add_argument("--num-latents", type=POSITIVE, default=4, help="vqvae: codes per datapoint")
+    p.add_argument("--code-prior-epochs", type=NATURAL, default=20,
+                   help="vqvae: epochs of the autoregressive code prior fitted after training (0: none; then the "
+                   "model cannot sample)")
 
 
 def _add_ais_args(p, many=False):
@@ -661,6 +711,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=POSITIVE, default=64, help="samples to draw")
     s.add_argument("--out", default=None, help="PNG path (default: RUN/samples-nN-seedS.png)")
     s.add_argument("--save-tensor", action="store_true", help="also save the samples as a .pt tensor")
+    s.add_argument("--sampler", choices=("prior", "gmm"), default="prior",
+                   help="prior: z ~ p(z) (VQ-VAE: its code prior); gmm: a Gaussian mixture fitted to the codes "
+                   "E_q[z|x] of the run's training data (works for AE too)")
+    s.add_argument("--components", type=POSITIVE, default=10, help="gmm: mixture components")
     _add_common(s)
     s.set_defaults(func=cmd_sample)
 

@@ -8,6 +8,8 @@ Names (``load_dataset(name, split)``):
 - ``"fashion-mnist"``, ``"mnist"``: 60,000 / 10,000 grey images from the idx files.
 - ``"binarized-mnist"``: the static binarization of Larochelle & Murray (2011), 50k/10k/10k,
   from ``binarized_mnist_{train,valid,test}.amat``.
+- ``"shapes"``: 6,912 procedural 32x32 shapes with known factors (shape, scale, rotation, x, y),
+  made by code, no file (see ``pvae.shapes``); ``data.factors`` holds them, the labels are the shape.
 - a path to a ``.npy`` / ``.npz`` file (arrays ``x`` [and ``y``], or ``train_x``/``test_x``...).
 
 Files are looked for, in order, in ``data_dir`` (``--data-dir``), ``$PVAE_DATA``, the folder
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 EMBEDDED = "fashion-mnist-sample"
-DATASETS = ("fashion-mnist-sample", "fashion-mnist", "mnist", "binarized-mnist")
+DATASETS = ("fashion-mnist-sample", "fashion-mnist", "mnist", "binarized-mnist", "shapes")
 ALIASES = {"sample": EMBEDDED, "fmnist": "fashion-mnist", "binarized_mnist": "binarized-mnist"}
 BINARIZE = ("none", "static", "dynamic", "threshold")
 DEBIAN_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
@@ -49,6 +51,7 @@ CLASSES = {
     "mnist": tuple(str(d) for d in range(10)),
 }
 CLASSES[EMBEDDED] = CLASSES["fashion-mnist"]
+CLASSES["shapes"] = ("square", "ellipse", "triangle")
 
 
 @dataclass
@@ -57,7 +60,8 @@ class Data(torch.utils.data.Dataset):
 
     ``binarize="dynamic"`` asks the trainer to draw x ~ Bernoulli(x) afresh every epoch;
     `eval_x` gives the fixed draw used for evaluation. ``classes`` names the labels
-    (label i is ``classes[i]``) where the dataset has names for them.
+    (label i is ``classes[i]``) where the dataset has names for them; ``factors`` (n, K) holds the
+    known factors of variation of a synthetic dataset (``"shapes"``), named by ``factor_names``.
     """
 
     x: torch.Tensor
@@ -65,6 +69,8 @@ class Data(torch.utils.data.Dataset):
     name: str = "tensor"
     binarize: str = "none"
     classes: tuple | None = None
+    factors: torch.Tensor | None = None
+    factor_names: tuple | None = None
 
     def __len__(self):
         return self.x.shape[0]
@@ -265,6 +271,7 @@ def load_dataset(name: str = EMBEDDED, split: str = "train", data_dir=None, bina
     if binarize not in BINARIZE:
         raise ValueError(f"unknown binarization {binarize!r}; choose one of {list(BINARIZE)}")
     key = ALIASES.get(name, name)
+    factors = names = None
     if key == EMBEDDED:
         if split not in ("train", "test"):
             raise ValueError(f"{EMBEDDED} has splits 'train' and 'test', not {split!r}")
@@ -275,6 +282,11 @@ def load_dataset(name: str = EMBEDDED, split: str = "train", data_dir=None, bina
         x, y = _load_idx_dataset(key, split, data_dir)
     elif key == "binarized-mnist":
         x, y = _load_binarized_mnist(split, data_dir)
+    elif key == "shapes":  # procedural, with known factors: labels are the shape
+        from . import shapes
+
+        x, factors = shapes.load(split)
+        y, names = factors[:, 0].clone(), shapes.FACTORS
     elif str(name).endswith((".npy", ".npz")):
         x, y = _load_array_file(name, split)
     else:
@@ -283,9 +295,10 @@ def load_dataset(name: str = EMBEDDED, split: str = "train", data_dir=None, bina
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n (datapoints to keep) must be an integer >= 1, got {n!r}")
         x, y = x[:n], (y[:n] if y is not None else None)
+        factors = factors[:n] if factors is not None else None
     if binarize in ("static", "threshold"):
         x = _binarize(x, binarize)
-    return Data(x, y, name=key, binarize=binarize, classes=CLASSES.get(key))
+    return Data(x, y, name=key, binarize=binarize, classes=CLASSES.get(key), factors=factors, factor_names=names)
 
 
 def as_tensors(data, labels=None) -> tuple[torch.Tensor, torch.Tensor | None, str]:

@@ -7,7 +7,7 @@ k = 5000): with z_1..z_k ~ q(z|x),
           = \operatorname{logsumexp}_i \log w_i - \log k,
 
 a stochastic lower bound (L_k) in expectation that converges to log p(x) as k grows. The
-log-weights are computed per datapoint ([`pvae.objectives.log_weight_terms`][pvae.objectives.log_weight_terms]) in chunks of
+log-weights are computed per datapoint ([`pvae.objectives.log_weight_terms`][pvae.program.log_weight_terms]) in chunks of
 particles and of datapoints, so memory stays bounded whatever k is.
 
 From the same draws: the ELBO (mean of log w), its reconstruction E_q[log p(x|z)] and KL

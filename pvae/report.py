@@ -47,7 +47,7 @@ def _figures(model, test, x, run_dir: Path) -> None:
         plots.reconstructions(model, x, path=run_dir / "reconstructions.png")
     if hasattr(model, "num_classes") and getattr(model, "needs_labels", False):
         plots.class_samples(model, path=run_dir / "samples.png")
-    elif hasattr(model, "sample"):
+    elif hasattr(model, "sample") and getattr(model, "can_sample", True):
         plots.samples(model, path=run_dir / "samples.png")
     latent_dim = getattr(model, "latent_dim", None)
     continuous = (hasattr(model, "encode") and hasattr(model, "decode") and latent_dim
@@ -119,6 +119,10 @@ def report(model, test, run_dir=None, k: int = 5000, history=None, progress=True
                                  for xb in x.split(1000)) / x.numel()
     if hasattr(model, "temperature"):
         s["temperature"] = model.temperature
+    code_prior = getattr(model, "_pvae_code_prior", None)
+    if code_prior is not None:
+        s.update(code_nll=code_prior["test_nll"], code_nll_uniform=code_prior["uniform_nll"],
+                 codes_used=code_prior["codes_used"])
     if history:
         s["train_seconds"] = sum(r["seconds"] for r in history)
         s["epochs"] = history[-1]["epoch"]
@@ -147,6 +151,8 @@ ROWS = [("accuracy", "test accuracy of q(y|x)"), ("log_px", "test log p(x) (nats
         ("active_units", "active units (Cov_x E_q[u] > 0.01)"), ("ess", "importance-sampling ESS"),
         ("khat_median", "PSIS k-hat, median"), ("khat_max", "PSIS k-hat, max"),
         ("khat_gt_0_7", "share of k-hat > 0.7"), ("temperature", "Gumbel-softmax temperature at the end"),
+        ("code_nll", "code prior: test NLL of the codes (nats per datapoint)"),
+        ("code_nll_uniform", "  uniform prior over the codes, for comparison"), ("codes_used", "  codes in use"),
         ("train_seconds", "training seconds"),
         ("eval_seconds", "evaluation seconds")]
 

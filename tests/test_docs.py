@@ -39,20 +39,38 @@ def test_every_docs_page_is_in_the_site_navigation():
 
 
 def _api_objects():
-    """The objects docs/api.md renders (``::: name``), with the members of those rendered with members."""
+    """The identifiers docs/api.md renders: each ``::: name`` and the canonical path
+    (module.qualname) of its object, and of its members where it is rendered with members."""
     import importlib
     import inspect
 
     text = (DOCS / "api.md").read_text()
-    rendered = []
+    names = set()
     for name, options in re.findall(r"^::: (\S+)\n((?:    .*\n)*)", text, re.M):
-        rendered.append((_resolve(name, importlib), "members:" in options and "members: false" not in options))
-    objs = set()
-    for obj, members in rendered:
-        objs.add(id(obj))
-        if members:
-            objs.update(id(v) for _, v in inspect.getmembers(obj))
-    return objs, {id(obj) for obj, _ in rendered}
+        obj = _resolve(name, importlib)
+        names.update({name, _canonical(obj)})
+        listed = re.search(r"members: \[(.*)\]", options)
+        if listed:
+            names.update(f"{name}.{m.strip()}" for m in listed.group(1).split(","))
+            names.update(_canonical(getattr(obj, m.strip())) for m in listed.group(1).split(","))
+        elif "members: true" in options:
+            for member, value in inspect.getmembers(obj):
+                names.update({f"{name}.{member}", _canonical(value)})
+    return names
+
+
+def _canonical(obj):
+    module = getattr(obj, "__module__", None) if not inspect_module(obj) else None
+    if inspect_module(obj):
+        return obj.__name__
+    qualname = getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else None
+
+
+def inspect_module(obj):
+    import inspect
+
+    return inspect.ismodule(obj)
 
 
 def _resolve(name, importlib):
@@ -77,10 +95,10 @@ def test_docstrings_use_mkdocstrings_cross_references_that_resolve():
     roles = [f"{p.name}: {m}" for p in sources for m in re.findall(r":(?:class|func|mod|meth|data|attr):`[^`]*`",
                                                                      p.read_text())]
     assert not roles, roles
-    objs, _ = _api_objects()
+    rendered = _api_objects()
     refs = {t for p in sources for t in re.findall(r"\]\[(pvae[\w.]*)\]", p.read_text())}
     assert refs
-    unresolved = [t for t in refs if id(_resolve(t, importlib)) not in objs]
+    unresolved = sorted(t for t in refs if t not in rendered)
     assert not unresolved, unresolved
 
 

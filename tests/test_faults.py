@@ -63,7 +63,7 @@ API_CASES = [
     ("objective name", lambda: pvae.fit(vae(), X, objective="vae", progress=False), ValueError,
      r"unknown objective 'vae'; choose one of \['ciwae', 'elbo'"),
     ("dataset name", lambda: pvae.load_dataset("cifar"), ValueError,
-     r"unknown dataset 'cifar'; choose one of \['fashion-mnist-sample', 'fashion-mnist', 'mnist', 'binarized-mnist'\]"),
+     r"unknown dataset 'cifar'; choose one of \['fashion-mnist-sample', 'fashion-mnist', 'mnist', 'binarized-mnist', 'shapes'\]"),
     ("epochs", lambda: pvae.fit(vae(), X, epochs=-1, progress=False), ValueError, "epochs must be an integer >= 0"),
     ("batch size", lambda: pvae.fit(vae(), X, batch_size=0, progress=False), ValueError,
      "batch_size must be an integer >= 1"),
@@ -136,7 +136,7 @@ def test_cli_bad_input_in_a_subprocess_has_no_traceback():
     r = subprocess.run([sys.executable, "-m", "pvae", "train", "--dataset", "nope"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip() == "pvae: error: unknown dataset 'nope'; choose one of ['fashion-mnist-sample', " \
-                               "'fashion-mnist', 'mnist', 'binarized-mnist'] or a .npy/.npz path"
+                               "'fashion-mnist', 'mnist', 'binarized-mnist', 'shapes'] or a .npy/.npz path"
 
 
 class NaNAt(nn.Module):

@@ -543,3 +543,10 @@ def test_a_huge_k_through_the_api_is_one_line_saying_what_was_asked():
     with pytest.raises(MemoryError, match=r"out of memory: .* are free; lower k \(10000000000\) or batch_size") as e:
         pvae.fit(vae(), X, objective="iwae", k=10 ** 10, progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_a_bad_input_found_after_the_folder_is_named_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--model", "gumbel", "--prior", "mog"]) == 2
+    one_line_error(capsys, "--prior applies to --model vae")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

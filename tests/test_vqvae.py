@@ -9,10 +9,11 @@ import pvae
 
 def test_each_encoding_gets_its_nearest_code():
     torch.manual_seed(0)
-    m = pvae.VQVAE(x_shape=(20,), num_codes=7, code_dim=3, hidden=(8,))
+    m = pvae.VQVAE(x_shape=(20,), num_codes=7, code_dim=3, hidden=(8,), num_latents=2)
     x = torch.rand(50, 20)
-    z_e = m.encoder(x)
-    by_hand = torch.stack([torch.stack([((z - e) ** 2).sum() for e in m.codebook]).argmin() for z in z_e])
+    z_e = m.encoder(x)  # (50, 2, 3): two codes per datapoint
+    by_hand = torch.stack([torch.stack([torch.stack([((z - e) ** 2).sum() for e in m.codebook]).argmin()
+                                        for z in row]) for row in z_e])
     assert torch.equal(m.encode(x), by_hand)
     z = poutine.trace(m.guide).get_trace(x).nodes["z"]["value"]
     torch.testing.assert_close(z, m.codebook[by_hand])  # the guide's point mass sits on the code
@@ -31,7 +32,7 @@ def test_straight_through_gradient_and_vq_losses_reach_encoder_and_codebook():
     g = poutine.trace(m.guide).get_trace(x).nodes["z"]
     z_e = m.encoder(x)
     e = m.codebook[m.encode(x)]
-    expected = ((z_e - e) ** 2).sum(-1) * (1 + m.commitment) * m.vq_weight
+    expected = ((z_e - e) ** 2).sum((-2, -1)) * (1 + m.commitment) * m.vq_weight
     torch.testing.assert_close(g["fn"].log_prob(g["value"]), expected)
 
 

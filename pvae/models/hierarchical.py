@@ -30,8 +30,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from ..guides import DiagonalNormal, make_guide, standard_normal
+from ..guides import DiagonalNormal, make_guide
 from ..likelihoods import make_likelihood
+from ..priors import make_prior
 from ..nets import MLP
 from ..validate import check_hidden, check_number, check_shape, check_size
 from .base import PyroVAE
@@ -41,12 +42,14 @@ class HierarchicalVAE(PyroVAE):
     """L stochastic layers; ``latent_dims[l]`` and ``hidden[l]`` belong to layer l+1 (z1 first).
 
     The IWAE paper's two-layer net is ``latent_dims=(100, 50), hidden=((200, 200), (100, 100))``:
-    x -200-200- z1(100) -100-100- z2(50), mirrored by the generative side.
+    x -200-200- z1(100) -100-100- z2(50), mirrored by the generative side. ``prior`` chooses the
+    top layer's p(z_L) as for [`pvae.VAE`][pvae.VAE] (``"vamp"``: the guide's q(z_L | ...) along
+    its mean path from the pseudo-inputs).
     """
 
     def __init__(self, x_shape=(784,), latent_dims=(100, 50), hidden=((200, 200), (100, 100)), activation="tanh",
                  likelihood="bernoulli", guide="diagonal", inference="bottom-up", beta=1.0, likelihood_scale=None,
-                 rank=None, flow_steps=None):
+                 rank=None, flow_steps=None, prior="standard", prior_components=None, prior_flow_steps=None):
         x_shape, dims = check_shape("x_shape", x_shape), tuple(check_size("latent_dims", d) for d in latent_dims)
         hidden = tuple(check_hidden(h) for h in hidden)
         L = len(dims)
@@ -65,7 +68,8 @@ class HierarchicalVAE(PyroVAE):
         super().__init__(x_shape=list(x_shape), latent_dims=list(dims), hidden=[list(h) for h in hidden],
                          activation=activation, likelihood=likelihood, guide=guide, inference=inference,
                          beta=betas if isinstance(beta, (list, tuple)) else betas[0],
-                         likelihood_scale=likelihood_scale, rank=rank, flow_steps=flow_steps)
+                         likelihood_scale=likelihood_scale, rank=rank, flow_steps=flow_steps, prior=prior,
+                         prior_components=prior_components, prior_flow_steps=prior_flow_steps)
         self.x_shape, self.latent_dims, self.betas, self.inference = x_shape, dims, betas, inference
         self.mean_field_valid = inference == "ladder"
         self.likelihood = make_likelihood(likelihood, x_shape, likelihood_scale)
@@ -85,7 +89,24 @@ class HierarchicalVAE(PyroVAE):
         else:
             self.q_heads = nn.ModuleList(DiagonalNormal(hidden[l][-1], dims[l]) for l in range(L))
         self.multivariate = self.q_heads[-1].multivariate
+        if prior == "vamp" and guide == "iaf":
+            raise ValueError("the VampPrior is a mixture of the guide at pseudo-inputs, and the iaf guide has no "
+                             "batched density for one: use guide='diagonal', 'fullcov' or 'lowrank'")
+        self.p = make_prior(prior, dims[-1], multivariate=self.multivariate, components=prior_components,
+                            flow_steps=prior_flow_steps, x_shape=x_shape,
+                            unit_interval=self.likelihood.support == (0.0, 1.0))
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def top_posterior(self, u):
+        """q(z_L | u) along the guide's mean path (the VampPrior's components at pseudo-inputs u)."""
+        h = u
+        if self.inference == "ladder":
+            for enc in self.encoders:
+                h = enc(h)
+            return self.q_heads[-1](h)
+        for l in range(len(self.latent_dims) - 1):
+            h = self.q_heads[l](self.encoders[l](h)).mean
+        return self.q_heads[-1](self.encoders[-1](h))
 
     # -- p(z_L) p(z_{L-1}|z_L) ... p(x|z_1) ----------------------------------------------------------
     def model(self, x=None, n=None):
@@ -93,7 +114,7 @@ class HierarchicalVAE(PyroVAE):
         L = len(self.latent_dims)
         with pyro.plate("data", n):
             with poutine.scale(scale=self.betas[-1]):
-                z = pyro.sample(f"z{L}", standard_normal(self._zero.expand(n, self.latent_dims[-1]), self.multivariate))
+                z = pyro.sample(f"z{L}", self.p(self._zero.expand(n, self.latent_dims[-1]), posterior=self.top_posterior))
             for l in reversed(range(L - 1)):
                 with poutine.scale(scale=self.betas[l]):
                     z = pyro.sample(f"z{l + 1}", self.priors[l](z))

@@ -23,9 +23,10 @@ import pyro
 import torch
 from pyro import poutine
 
-from ..guides import make_guide, standard_normal
+from ..guides import make_guide
 from ..likelihoods import make_likelihood
 from ..nets import MLP, ConvDecoder, ConvEncoder
+from ..priors import make_prior
 from ..validate import check_hidden, check_number, check_shape, check_size
 from .base import PyroVAE
 
@@ -46,11 +47,16 @@ class VAE(PyroVAE):
         likelihood_scale: fixed sigma of the Gaussian likelihood (None: learned per value).
         rank: rank of the ``"lowrank"`` guide's covariance factor (default 2).
         flow_steps: number of IAF steps of the ``"iaf"`` guide (default 2).
+        prior: prior family p(z): ``"standard"`` N(0, I), ``"mog"`` (a learned mixture of
+            Gaussians), ``"vamp"`` (the VampPrior: the guide at learned pseudo-inputs) or
+            ``"flow"`` (N(0, I) through autoregressive flows); see [`pvae.priors`][pvae.priors].
+        prior_components: K of the ``"mog"`` (default 10) and ``"vamp"`` (default 100) priors.
+        prior_flow_steps: flow steps of the ``"flow"`` prior (default 2).
     """
 
     def __init__(self, x_shape=(784,), latent_dim=50, hidden=(200, 200), activation="tanh",
                  likelihood="bernoulli", guide="diagonal", beta=1.0, net="mlp", likelihood_scale=None,
-                 rank=None, flow_steps=None):
+                 rank=None, flow_steps=None, prior="standard", prior_components=None, prior_flow_steps=None):
         x_shape, hidden = check_shape("x_shape", x_shape), check_hidden(hidden)
         if not x_shape or min(x_shape) < 1:
             raise ValueError(f"x_shape must be a non-empty tuple of positive sizes, got {x_shape}")
@@ -58,7 +64,8 @@ class VAE(PyroVAE):
         beta = check_number("beta", beta, low=0, open_low=True)
         super().__init__(x_shape=list(x_shape), latent_dim=int(latent_dim), hidden=list(hidden),
                          activation=activation, likelihood=likelihood, guide=guide, beta=float(beta),
-                         net=net, likelihood_scale=likelihood_scale, rank=rank, flow_steps=flow_steps)
+                         net=net, likelihood_scale=likelihood_scale, rank=rank, flow_steps=flow_steps, prior=prior,
+                         prior_components=prior_components, prior_flow_steps=prior_flow_steps)
         self.x_shape, self.latent_dim, self.beta = x_shape, int(latent_dim), float(beta)
         self.likelihood = make_likelihood(likelihood, x_shape, likelihood_scale)
         P = self.likelihood.num_params
@@ -71,13 +78,20 @@ class VAE(PyroVAE):
         else:
             raise ValueError(f"unknown net {net!r}; choose 'mlp' or 'conv'")
         self.q = make_guide(guide, hidden[-1], latent_dim, rank=rank, flow_steps=flow_steps)
+        if prior == "vamp" and guide == "iaf":
+            raise ValueError("the VampPrior is a mixture of the guide at pseudo-inputs, and the iaf guide has no "
+                             "batched density for one: use guide='diagonal', 'fullcov' or 'lowrank'")
+        self.prior_kind = prior
+        self.p = make_prior(prior, latent_dim, multivariate=self.q.multivariate, components=prior_components,
+                            flow_steps=prior_flow_steps, x_shape=x_shape,
+                            unit_interval=self.likelihood.support == (0.0, 1.0))
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
     # -- the generative model p(z) p(x|z) and the amortized guide q(z|x) ------------------------
     def prior(self, n: int):
-        """p(z) = N(0, I) for a batch of n datapoints (an MVN when the guide is one, so that
-        the KL term has a closed form)."""
-        return standard_normal(self._zero.expand(n, self.latent_dim), self.q.multivariate)
+        """p(z) for a batch of n datapoints: N(0, I) (an MVN when the guide is one, so that the
+        KL term has a closed form) or the learned family chosen by ``prior``."""
+        return self.p(self._zero.expand(n, self.latent_dim), posterior=self.posterior)
 
     def decoder_params(self, z):
         """Decoder output reshaped to ``(*batch, num_params, *x_shape)``."""
