@@ -60,17 +60,13 @@ def _api_objects():
 
 
 def _canonical(obj):
-    module = getattr(obj, "__module__", None) if not inspect_module(obj) else None
-    if inspect_module(obj):
-        return obj.__name__
-    qualname = getattr(obj, "__qualname__", None)
-    return f"{module}.{qualname}" if module and qualname else None
-
-
-def inspect_module(obj):
+    """``module.qualname`` of a function or class, the name of a module (None otherwise)."""
     import inspect
 
-    return inspect.ismodule(obj)
+    if inspect.ismodule(obj):
+        return obj.__name__
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else None
 
 
 def _resolve(name, importlib):
@@ -89,8 +85,6 @@ def _resolve(name, importlib):
 def test_docstrings_use_mkdocstrings_cross_references_that_resolve():
     """No Sphinx roles (mkdocstrings shows them as literal text), and every ``[`x`][pvae.y]``
     cross-reference points at an object the API page renders (else it shows as literal text)."""
-    import importlib
-
     sources = list((DOCS.parent / "pvae").rglob("*.py"))
     roles = [f"{p.name}: {m}" for p in sources for m in re.findall(r":(?:class|func|mod|meth|data|attr):`[^`]*`",
                                                                      p.read_text())]
