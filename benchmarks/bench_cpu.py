@@ -6,6 +6,7 @@ guide, Bernoulli likelihood, Adam, dynamically binarized Fashion-MNIST-shaped da
     python benchmarks/bench_cpu.py                 # all workloads
     python benchmarks/bench_cpu.py --quick         # fewer steps
     python benchmarks/bench_cpu.py --means         # pvae's optional bf16 nets and torch.compile
+    python benchmarks/bench_cpu.py --step          # the compiled step (compile="step") and denormals
 
 For each workload (VAE k=1, IWAE k=5, IWAE k=50, at batch 100 and 1024) it times training steps
 (mean seconds per step over a run from a fresh optimizer, the median of 3 such runs) of: `pvae` (pvae.fit's loop), `torch` (the same graph and objective written by hand) and `pyro`
@@ -127,6 +128,45 @@ def means(x):
     return out
 
 
+def time_pvae_steady(x, k, batch, steps, **options):
+    """Seconds per step of pvae.fit's second epoch: the first one traces and compiles."""
+    m = pvae.VAE(x_shape=(784,), latent_dim=50, hidden=(200, 200), activation="tanh")
+    copy_weights(TorchVAE(), m)
+    data = pvae.Data(x[: batch * steps], binarize="dynamic")
+    h = pvae.fit(m, data, objective="elbo" if k == 1 else f"iwae:k={k}", epochs=2, batch_size=batch, progress=False,
+                 **options)
+    return h[1]["seconds"] / steps
+
+
+def compiled_step(x, repeats: int = 5):
+    """pvae eager, pvae compile="step" and the hand-written loop, interleaved in one run, medians."""
+    print("| workload | k | batch | torch s | pvae eager s | pvae step s | eager / torch | step / torch | "
+          "step / eager |\n|---|---|---|---|---|---|---|---|---|")
+    out = []
+    for k, batch, steps in ((1, 100, 40), (50, 100, 8)):
+        times = {"torch": [], "eager": [], "step": []}
+        for _ in range(repeats):  # interleaved: the machine's noise falls on every system alike
+            times["torch"].append(time_torch(x, k, batch, steps))
+            times["eager"].append(time_pvae_steady(x, k, batch, steps))
+            times["step"].append(time_pvae_steady(x, k, batch, steps, compile="step"))
+        res = {name: statistics.median(v) for name, v in times.items()}
+        out.append({"k": k, "batch": batch, **res})
+        print(f"| train | {k} | {batch} | {res['torch']:.4f} | {res['eager']:.4f} | {res['step']:.4f} | "
+              f"{res['eager'] / res['torch']:.2f} | {res['step'] / res['torch']:.2f} | "
+              f"{res['step'] / res['eager']:.2f} |", flush=True)
+    # denormals: a late-training IWAE k=50 step, with and without flushing
+    m = pvae.VAE(x_shape=(784,), latent_dim=50, hidden=(200, 200), activation="tanh")
+    data = pvae.Data(x[:2000], binarize="dynamic")
+    pvae.fit(m, data, objective="iwae:k=50", epochs=3, progress=False)
+    late = {}
+    for flush in (False, True, False, True):
+        h = pvae.fit(m, data, objective="iwae:k=50", epochs=1, progress=False, flush_denormal=flush)
+        late.setdefault(flush, []).append(h[0]["seconds"] / 20)
+    print(f"IWAE k=50 after 3 epochs, s per step: denormals kept {min(late[False]):.4f}, flushed "
+          f"{min(late[True]):.4f} (flushed / kept {min(late[True]) / min(late[False]):.2f})")
+    return out
+
+
 def time_pyro(x, k, batch, steps):
     m = TorchVAE()
 
@@ -215,12 +255,16 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="bench_cpu.json")
     ap.add_argument("--means", action="store_true", help="time pvae's optional bf16 nets and torch.compile instead")
+    ap.add_argument("--step", action="store_true", help="time the compiled step and denormal flushing instead")
     args = ap.parse_args()
     torch.manual_seed(0)
     x = pvae.load_dataset("fashion-mnist-sample", "train").x.reshape(-1, 784)
     x = x.repeat(3, 1)  # 15,000 images: enough for 10 steps at batch 1024
     if args.means:
         means(x)
+        return
+    if args.step:
+        compiled_step(x, 3 if args.quick else 5)
         return
     rows = []
     for k in (1, 5, 50):

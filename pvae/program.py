@@ -106,6 +106,10 @@ class Program:
 
 # -- sites and plates -----------------------------------------------------------------------
 
+#: set while pvae.compiled records a step: data-dependent checks are skipped (the recorded step is
+#: then compared with an eager one, bit for bit)
+TRACING = False
+
 def is_counted(site) -> bool:
     """A sample site that carries a log-density: not a plate's subsample site, not deterministic."""
     return (site["type"] == "sample" and not site_is_subsample(site)
@@ -279,6 +283,8 @@ def _subsample_order(guide_trace, model_trace, data_plate: str, batch: int, comp
         raise ValueError(f"the program subsamples plate {data_plate!r} itself ({batch} of {full} datapoints a "
                          "call): per-datapoint bounds and log p(x) need every datapoint of a batch scored once; "
                          f"give pvae the batches (batch_size=...) and let the plate run over all of them")
+    if TRACING:  # recording a compiled step: the eager step it must match already took this branch
+        return None
     if torch.equal(ind, torch.arange(batch, device=ind.device)):
         return None
     return torch.argsort(ind)

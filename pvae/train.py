@@ -20,6 +20,7 @@ import io
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import pyro
@@ -218,6 +219,33 @@ def _step_loss(pair, elbo, ctx, device):
     return lambda *args, **kwargs: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args, **kwargs))
 
 
+@contextlib.contextmanager
+def flush_denormals():
+    """Denormal floats flushed to zero inside the block (CPU), the previous setting restored after."""
+    was = float(torch.tensor([1e-39]) * 1.0) == 0.0  # already flushing (torch has no getter)
+    ok = torch.set_flush_denormal(True)
+    try:
+        yield ok
+    finally:
+        if ok:
+            torch.set_flush_denormal(was)
+
+
+def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs):
+    """The compiled step where nothing blocks it (one line says what does)."""
+    from .compiled import CompiledStep
+
+    blocked = ("multi-process training" if ctx.active else "KL warm-up changes a scale every step" if warmup_epochs
+               else "the model anneals a value every step" if hasattr(pair, "anneal") else None)
+    def speak(line):
+        warnings.warn(line, stacklevel=3)
+
+    if blocked:
+        speak(f"compile='step': the step stays eager: {blocked}")
+        return step_loss
+    return CompiledStep(pair, elbo, params, step_loss, say=speak)
+
+
 def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
                  epoch, kl_scale, steps):
     """One pass over the data; returns (summed loss, datapoints seen, the last KL scale), all ranks summed."""
@@ -258,9 +286,9 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, seed: int = 0, device=None, test=None,
         labels=None, warmup_epochs: float = 0, run_dir=None, resume=None, progress: bool = True,
         clip_grad: float | None = None, on_nonfinite: str = "stop", distributed: bool | None = None,
-        precision: str = "fp32", compile: bool = False, validate: bool = False,
+        precision: str = "fp32", compile: bool | str = False, validate: bool = False,
         data_plate: str | None = None, overwrite: bool = False, callbacks=(), keep_best: bool = True,
-        eval_k: int | None = None) -> History:
+        eval_k: int | None = None, flush_denormal: bool = True) -> History:
     """Train a model/guide pair by SVI and return its `History`.
 
     Args:
@@ -300,7 +328,11 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             See [`pvae.distributed`][pvae.distributed].
         precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` for the nets' arithmetic (log-densities stay
             float32); see [`pvae.nets.accelerate`][pvae.nets.accelerate].
-        compile: ``torch.compile`` pvae's nets in place.
+        compile: ``True``: ``torch.compile`` pvae's nets in place; ``"step"``: trace the whole
+            step (loss and gradients) once per input shape and compile it (see
+            [`pvae.compiled`][pvae.compiled]; what cannot be traced stays eager, said in one line).
+        flush_denormal: on the CPU, flush denormal floats to zero while training (restored
+            afterwards): tiny values late in training otherwise slow every op (IWAE k=50).
         validate: Pyro's distribution validation (off by default: it costs time).
         data_plate: the name of the plate over datapoints (None: found by tracing the program
             once; see [`pvae.program`][pvae.program]).
@@ -320,10 +352,12 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
 
 def _fit(model, train, objective, *, guide, modules, k, alpha, epochs, batch_size, lr, seed, device, test, labels,
          warmup_epochs, run_dir, resume, progress, clip_grad, on_nonfinite, distributed, precision, compile, validate,
-         data_plate, overwrite, callbacks, keep_best, eval_k) -> History:
+         data_plate, overwrite, callbacks, keep_best, eval_k, flush_denormal) -> History:
     _check_args(objective, epochs, batch_size, lr, seed, warmup_epochs, clip_grad, on_nonfinite, eval_k)
+    if compile not in (False, True, "step"):
+        raise ValueError(f"compile must be False, True (the nets) or 'step' (the whole step), got {compile!r}")
     pair = as_pair(model, guide, modules)
-    accelerate(pair, precision, compile)
+    accelerate(pair, precision, compile is True)
     device = resolve_device(device)
     ctx = Context()
     if distributed or (distributed is None and launched()):
@@ -388,7 +422,8 @@ def _fit(model, train, objective, *, guide, modules, k, alpha, epochs, batch_siz
     elif run_dir is not None:
         run_dir = Path(run_dir)
     lock = RunLock(run_dir) if run_dir is not None and ctx.main else contextlib.nullcontext()
-    with lock:
+    denormals = flush_denormals() if flush_denormal and device.type == "cpu" else contextlib.nullcontext()
+    with lock, denormals:
         _fit_epochs(locals())
     pair.eval()
     history.model, history.run_dir = pair, run_dir
@@ -431,6 +466,8 @@ def _fit_epochs(v: dict) -> None:
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)
+        if v["compile"] == "step":
+            step_loss = _compiled(pair, elbo, v["params"], step_loss, ctx, warmup_epochs)
         for epoch in range(v["start_epoch"], epochs):
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=shuffle).to(device)
