@@ -99,3 +99,11 @@ def test_denormals_are_flushed_while_training_and_restored_after(monkeypatch):
     assert float(torch.tensor([1e-39]) * 1.0) != 0.0  # restored
     pvae.fit(vae(), X, epochs=1, progress=False, flush_denormal=False)
     assert seen[-1] != 0.0
+
+
+def test_the_command_line_trains_with_a_compiled_step(tmp_path):
+    from pvae.cli import main
+
+    assert main(["train", "--n-train", "200", "--n-test", "20", "--epochs", "2", "--hidden", "16", "--latent-dim", "4",
+                 "--eval-k", "0", "--quiet", "--compile-step", "--run-dir", str(tmp_path / "r")]) == 0
+    assert pvae.load_checkpoint(tmp_path / "r")["fit_config"]["compile"] == "step"
