@@ -1,0 +1,120 @@
+"""pvae against the peers users pick for speed, interleaved in one run: NumPyro (epoch under jit),
+a hand-written PyTorch loop, textbook Pyro, pvae eager and pvae's compiled step.
+
+Workload: the IWAE paper's 784-200-200-50 tanh VAE, Bernoulli likelihood, Adam 1e-3, batch 100,
+dynamically binarized images; ELBO (k = 1) and IWAE k = 50 training, milliseconds per step, the
+median of ``--repeats`` rounds in which every system runs once (so the machine's noise falls on
+all of them alike); then log p(x) with k = 5000 on 100 images.
+
+NumPyro runs in its own virtual environment (jax 0.12 needs Python >= 3.12): the script makes it
+on first use at ``benchmarks/.numpyro-venv`` with ``python3.12 -m venv`` and ``pip install numpyro``
+(``--python`` names another interpreter). Writes bench_peers.json with versions and ratios.
+
+    python benchmarks/bench_peers.py               # about 5 minutes on 2 cores
+    python benchmarks/bench_peers.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+import pvae
+
+HERE = Path(__file__).parent
+TARGETS = {"train k=1": 1.0, "train k=50": 1.0, "eval k=5000": 1.0}  # pvae / NumPyro
+
+
+def _bench_cpu():
+    spec = importlib.util.spec_from_file_location("bench_cpu", HERE / "bench_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def numpyro_python(python: str | None) -> Path:
+    venv = HERE / ".numpyro-venv"
+    exe = venv / "bin" / "python"
+    if not exe.exists():
+        base = python or shutil.which("python3.12") or shutil.which("python3.13")
+        if base is None:
+            raise SystemExit("bench_peers: NumPyro's jax needs Python >= 3.12 and none was found; pass --python PATH")
+        subprocess.run([base, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(exe), "-m", "pip", "install", "-q", "numpyro", "jax"], check=True)
+    return exe
+
+
+def run_numpyro(exe: Path, data: str, k: int, steps: int, evaluate: bool = False) -> dict:
+    cmd = [str(exe), str(HERE / "numpyro_worker.py"), "--k", str(k), "--steps", str(steps), "--data", data]
+    out = subprocess.run(cmd + (["--eval"] if evaluate else []), check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--python", default=None, help="a Python >= 3.12 for NumPyro's environment")
+    ap.add_argument("--out", default="bench_peers.json")
+    args = ap.parse_args()
+    bc = _bench_cpu()
+    exe = numpyro_python(args.python)
+    torch.manual_seed(0)
+    x = pvae.load_dataset("fashion-mnist-sample", "train").x.reshape(-1, 784).repeat(3, 1)
+    tmp = Path(tempfile.mkdtemp()) / "x.npy"
+    np.save(tmp, x.numpy())
+    rows, versions = [], {}
+    for k, steps in ((1, 50), (50, 10)):
+        times = {name: [] for name in ("numpyro", "torch", "pyro", "pvae eager", "pvae step")}
+        for _ in range(args.repeats):
+            r = run_numpyro(exe, str(tmp), k, steps)
+            versions = {"jax": r["jax"], "numpyro": r["numpyro"]}
+            times["numpyro"].append(r["ms_per_step"] / 1000)
+            times["torch"].append(bc.time_torch(x, k, 100, steps))
+            times["pyro"].append(bc.time_pyro(x, k, 100, steps))
+            times["pvae eager"].append(bc.time_pvae_steady(x, k, 100, steps))
+            times["pvae step"].append(bc.time_pvae_steady(x, k, 100, steps, compile="step"))
+        med = {name: 1000 * statistics.median(v) for name, v in times.items()}
+        rows.append({"workload": f"train k={k}", **med})
+        print(json.dumps(rows[-1]), flush=True)
+    xe = torch.bernoulli(x[:100])
+    bc.eval_pvae(xe, 100)
+    ev = {"numpyro": [], "torch": [], "pvae eager": []}
+    for _ in range(max(1, args.repeats // 2)):
+        ev["numpyro"].append(run_numpyro(exe, str(tmp), 1, 10, evaluate=True)["eval_seconds"])
+        ev["torch"].append(bc.eval_torch(xe, 5000))
+        ev["pvae eager"].append(bc.eval_pvae(xe, 5000))
+    rows.append({"workload": "eval k=5000", **{n: statistics.median(v) for n, v in ev.items()}})
+    print(json.dumps(rows[-1]), flush=True)
+
+    lines = ["| workload | NumPyro | torch | textbook Pyro | pvae eager | pvae step | best pvae / NumPyro | "
+             "best pvae / torch | target (pvae / NumPyro) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        best = min(v for n, v in r.items() if n.startswith("pvae"))
+        r["pvae_over_numpyro"], r["pvae_over_torch"] = best / r["numpyro"], best / r["torch"]
+        target = TARGETS[r["workload"]]
+        verdict = "met" if r["pvae_over_numpyro"] <= target else f"MISSED ({r['pvae_over_numpyro']:.2f})"
+        cell = lambda n: f"{r[n]:.2f}" if n in r else "—"  # noqa: E731
+        lines.append(f"| {r['workload']} | {cell('numpyro')} | {cell('torch')} | {cell('pyro')} | {cell('pvae eager')} "
+                     f"| {cell('pvae step')} | {r['pvae_over_numpyro']:.2f} | {r['pvae_over_torch']:.2f} | "
+                     f"<= {target}: {verdict} |")
+    machine = {"platform": platform.platform(), "cpus": torch.get_num_threads(), "python": platform.python_version(),
+               "torch": torch.__version__, "pyro": pyro.__version__, "pvae": pvae.__version__, **versions,
+               "units": "train: ms per step; eval: seconds for 100 images"}
+    print("\n".join(lines))
+    print(machine)
+    Path(args.out).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
