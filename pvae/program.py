@@ -195,6 +195,9 @@ def _per_datapoint(site, num_dims: int, data_plate: str, particle: bool = True) 
     if not frames:
         raise outside_error(site, data_plate)
     lp = site["fn"].log_prob(site["value"])
+    value = site["value"]
+    if isinstance(value, torch.Tensor) and lp.device != value.device:
+        lp = lp.to(value.device)  # Pyro's ImproperUniform (AE, VQ-VAE priors) answers on the CPU whatever the value
     mask = site["mask"]
     if mask is not None and mask is not True:
         lp = torch.where(torch.as_tensor(mask, device=lp.device), lp, lp.new_zeros(()))

@@ -107,3 +107,19 @@ def test_the_command_line_trains_with_a_compiled_step(tmp_path):
     assert main(["train", "--n-train", "200", "--n-test", "20", "--epochs", "2", "--hidden", "16", "--latent-dim", "4",
                  "--eval-k", "0", "--quiet", "--compile-step", "--run-dir", str(tmp_path / "r")]) == 0
     assert pvae.load_checkpoint(tmp_path / "r")["fit_config"]["compile"] == "step"
+
+
+@pytest.mark.parametrize("model", [pvae.AE(x_shape=(784,), latent_dim=3, hidden=(8,)),
+                                   pvae.VQVAE(x_shape=(784,), num_codes=4, code_dim=2, hidden=(8,))])
+def test_point_mass_log_densities_follow_their_values_device(model):
+    """Issue 20's CUDA failure of AE and VQ-VAE ("cuda:0 and cpu" in the log-weight terms): Pyro's
+    ImproperUniform prior answers on the CPU whatever the value's device. Checked on CPU with the
+    meta device standing in for a GPU."""
+    from pyro import poutine
+
+    from pvae.program import _per_datapoint
+
+    guide = poutine.trace(model.guide).get_trace(X[:5])
+    site = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(X[:5]).nodes["z"]
+    site = {**site, "value": site["value"].detach().to("meta")}
+    assert _per_datapoint(site, num_dims=2, data_plate="data", particle=False).device.type == "meta"
