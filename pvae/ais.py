@@ -36,6 +36,7 @@ import torch
 from pyro import poutine
 from torch.distributions import biject_to
 
+from .nets import flush_denormals
 from .program import PARTICLES, Program, _per_datapoint, fix_globals, latent_sites, terms_from_traces
 from .progress import bar as progress_bar
 
@@ -262,17 +263,6 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
     return log_w
 
 
-class _FlushDenormals:
-    """Tiny step sizes and momenta make denormal floats, which slow CPU arithmetic many-fold."""
-
-    def __enter__(self):
-        self.ok = torch.set_flush_denormal(True)
-
-    def __exit__(self, *exc):
-        if self.ok:
-            torch.set_flush_denormal(False)
-
-
 def _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size):
     from .evaluate import _eval_inputs, program_of
     from .pair import as_pair, device_of
@@ -309,7 +299,7 @@ def ais_log_likelihood(model, data, *, steps: int = 500, chains: int = 16, start
             if fixed is None:
                 with poutine.block():
                     fixed = fix_globals(pair.guide, program, *args, **kwargs)
-            with poutine.block(), _FlushDenormals():
+            with poutine.block(), flush_denormals():
                 target = Target(pair, program, args, kwargs, chains, fixed)
                 log_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
             out.append((torch.logsumexp(log_w, 0) - math.log(chains)).cpu())
@@ -376,7 +366,7 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
                      {k: v[:n].to(device) for k, v in template.kwargs.items()}, template.x_key)
         args, kwargs = sim.take(slice(0, n))
         bar = progress_bar(total=2 * (len(betas) - 2), desc="BDMC", progress=progress)
-        with poutine.block(), _FlushDenormals():
+        with poutine.block(), flush_denormals():
             target = Target(pair, program, args, kwargs, chains)
             lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
             exact = {name: target.transforms[name].inv(target.at_chains(latents[name], name)).detach()

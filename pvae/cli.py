@@ -272,6 +272,7 @@ def _train_in(args, run_dir, main_rank):
     import pyro
     import torch
 
+    from .callbacks import TensorBoard
     from .checkpoint import write_text
     from .runs import RunLock, dumps
     from .train import fit
@@ -313,12 +314,6 @@ def _train_in(args, run_dir, main_rank):
             s = report(h.model, test, run_dir, args.eval_k, history=h, progress=not args.quiet, seed=args.seed)
             print(results_table(s))
         print(f"run folder: {run_dir}")
-
-
-def TensorBoard(log_dir):
-    from .callbacks import TensorBoard as board
-
-    return board(log_dir)
 
 
 def _open_run(args):

@@ -75,11 +75,10 @@ class CodePrior(nn.Module):
 
 def _codes(vqvae, data) -> torch.Tensor:
     from .data import as_tensors
+    from .evaluate import encodings
 
     x = as_tensors(data)[0]
-    x = x.reshape((x.shape[0],) + tuple(vqvae.x_shape))
-    device = vqvae.codebook.device
-    return torch.cat([vqvae.encode(xb.to(device)) for xb in x.split(1000)])
+    return encodings(vqvae, x.reshape((x.shape[0],) + tuple(vqvae.x_shape))).to(vqvae.codebook.device)
 
 
 def fit_code_prior(vqvae, data, test=None, *, epochs: int = 20, batch_size: int = 100, lr: float = 1e-3,
@@ -96,11 +95,8 @@ def fit_code_prior(vqvae, data, test=None, *, epochs: int = 20, batch_size: int 
     if not hasattr(vqvae, "codebook"):
         raise TypeError(f"fit_code_prior needs a VQVAE, got {type(vqvae).__name__}")
     torch.manual_seed(seed)
-    was = vqvae.training
-    vqvae.eval()
     codes = _codes(vqvae, data)
     test_codes = _codes(vqvae, test) if test is not None else None
-    vqvae.train(was)
     prior = CodePrior(vqvae.num_latents, vqvae.num_codes, hidden).to(codes.device)
     optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)

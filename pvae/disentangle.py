@@ -73,11 +73,7 @@ def mig(model, data, bins: int = 20, batch_size: int = 1000) -> dict:
         raise ValueError("MIG needs data with known factors (data.factors), e.g. pvae.load_dataset('shapes', 'test')")
     if not hasattr(model, "encode"):
         raise ValueError(f"MIG needs a model with encode(x); {type(model).__name__} has none")
-    x = data.eval_x()
-    was = model.training
-    model.eval()
-    try:
-        codes = torch.cat([model.encode(xb.to(model.device)).cpu() for xb in x.split(batch_size)])
-    finally:
-        model.train(was)
+    from .evaluate import encodings
+
+    codes = encodings(model, data.eval_x(), batch_size)
     return mig_score(codes.reshape(len(codes), -1), factors, bins, getattr(data, "factor_names", None))

@@ -29,6 +29,7 @@ from .inputs import Inputs, arrange, own_model
 from .pair import as_pair, device_of
 from .program import Program, analyse, fix_globals, in_plate, log_weight_terms
 from .progress import bar as progress_bar
+from .validate import check_positive_int
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
@@ -126,8 +127,7 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
                                   labels=labels, data_plate=data_plate)
     if method != "is":
         raise ValueError(f"method must be 'is' (importance sampling) or 'ais' (annealed), got {method!r}")
-    if int(k) != k or k < 1:
-        raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
+    k = check_positive_int("the number of importance samples k", k)
     out = []
     pair = as_pair(model, guide, modules)
     for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, int(k),
@@ -230,6 +230,18 @@ def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int
             {name: torch.cat(v).mean(0) for name, v in noise.items()}, coded)
 
 
+@torch.no_grad()
+def encodings(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """``model.encode`` over ``x`` in batches, on the model's device and in eval mode: a CPU tensor
+    of every datapoint's code (the model's training mode is restored after)."""
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model.encode(xb.to(model.device)).cpu() for xb in x.split(batch_size)])
+    finally:
+        model.train(was)
+
+
 def posterior_means(model, data, *, guide=None, modules=None, batch_size: int = 500, num_samples: int = 1000,
                     device=None) -> dict:
     """E_q[z|x] for every latent site of the guide: ``{site: (n, size) tensor}`` on the CPU.
@@ -273,9 +285,7 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     differs from the plain protocol (global latents held at their guide mean, training scales
     left out, sequential particles).
     """
-    if int(k) != k or k < 1:
-        raise ValueError(f"the number of importance samples k must be an integer >= 1, got {k}")
-    k = int(k)
+    k = check_positive_int("the number of importance samples k", k)
     pair = as_pair(model, guide, modules)
     cols = {n: [] for n in ("log_px", "log_px_mc_se", "elbo", "recon", "kl", "ess", "khat")}
     for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, k,

@@ -11,6 +11,7 @@ decoder returns ``(k, batch, *x_shape)`` without a Python loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -61,6 +62,19 @@ class Accelerated(nn.Module):
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Denormal floats flushed to zero inside the block (CPU), the previous setting restored after:
+    tiny values (late in training, AIS step sizes) otherwise slow CPU arithmetic many-fold."""
+    was = float(torch.tensor([1e-39]) * 1.0) == 0.0  # already flushing (torch has no getter)
+    ok = torch.set_flush_denormal(True)
+    try:
+        yield ok
+    finally:
+        if ok:
+            torch.set_flush_denormal(was)
 
 
 def accelerate(module: nn.Module, precision: str = "fp32", compile: bool = False) -> nn.Module:

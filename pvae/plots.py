@@ -262,9 +262,9 @@ def factor_traversals(model, data, result: dict, index: int = 0, steps: int = 9,
     factor best (``result["best"]`` of [`pvae.mig`][pvae.disentangle.mig]) swept over that dimension's range
     on ``data`` (5th to 95th percentile), decoded. A disentangled model changes only that factor
     along each row."""
-    x = data.eval_x()
-    with torch.no_grad():
-        codes = torch.cat([model.encode(xb.to(model.device)).cpu() for xb in x.split(1000)])
+    from .evaluate import encodings
+
+    codes = encodings(model, data.eval_x())
     z0 = codes[index].to(model.device)
     rows, titles = [], []
     for name, dim in result["best"].items():

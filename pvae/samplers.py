@@ -103,6 +103,7 @@ def fit_sampler(model, data, kind: str = "gmm", *, components: int = 10, iterati
     z aside); returns a [`LatentSampler`][pvae.samplers.LatentSampler].
     """
     from .data import as_tensors
+    from .evaluate import encodings
 
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler {kind!r}; choose one of {list(SAMPLERS)}")
@@ -111,13 +112,7 @@ def fit_sampler(model, data, kind: str = "gmm", *, components: int = 10, iterati
         raise ValueError(f"an ex-post sampler needs a model with a continuous latent and encode/decode; "
                          f"{type(model).__name__} has none")
     x = as_tensors(data)[0]
-    x = x.reshape((x.shape[0],) + tuple(model.x_shape))
-    was = model.training
-    model.eval()
-    try:
-        z = torch.cat([model.encode(xb.to(model.device)).cpu() for xb in x.split(batch_size)])
-    finally:
-        model.train(was)
+    z = encodings(model, x.reshape((x.shape[0],) + tuple(model.x_shape)), batch_size)
     if z.dim() != 2 or not torch.is_floating_point(z):
         raise ValueError(f"an ex-post sampler needs continuous codes of shape (n, D), got {tuple(z.shape)}")
     if not math.isfinite(float(z.abs().max())):

@@ -31,7 +31,7 @@ from .checkpoint import BEST, CHECKPOINT, load_checkpoint, load_state, restore_s
 from .data import binarize as binarize_x
 from .handlers import scale_latents
 from .inputs import Inputs, arrange, own_model
-from .nets import accelerate
+from .nets import accelerate, flush_denormals
 from .objectives import check_objective, configure, objective as make_objective
 from .pair import as_pair
 from .program import Program, analyse, fix_globals, log_weight_terms, store_params, untrained_leaves
@@ -217,18 +217,6 @@ def _step_loss(pair, elbo, ctx, device):
             return loss.detach() / ctx.world
         return step_loss
     return lambda *args, **kwargs: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args, **kwargs))
-
-
-@contextlib.contextmanager
-def flush_denormals():
-    """Denormal floats flushed to zero inside the block (CPU), the previous setting restored after."""
-    was = float(torch.tensor([1e-39]) * 1.0) == 0.0  # already flushing (torch has no getter)
-    ok = torch.set_flush_denormal(True)
-    try:
-        yield ok
-    finally:
-        if ok:
-            torch.set_flush_denormal(was)
 
 
 def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs):
