@@ -26,6 +26,7 @@ eager one.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pyro
@@ -57,14 +58,16 @@ def traceable(elbo):
 
 
 class CompiledStep:
-    """``step(*args, **kwargs) -> loss`` with the gradients written into ``p.grad``: a traced and
-    compiled graph per input shape, or the eager ``fallback`` where one cannot be made."""
+    """``step(*args, **kwargs) -> loss`` with the gradients written into ``p.grad`` and their norm
+    kept in ``grad_norm``: a traced and compiled graph per input shape, or the eager ``fallback``
+    (``grad_norm`` None) where one cannot be made."""
 
     def __init__(self, pair, elbo, params, fallback, compile_graph: bool = True, say=print):
         self.pair, self.params, self.fallback, self.compile_graph, self.say = pair, params, fallback, compile_graph, say
         self.elbo = traceable(elbo)
         self.names = [n for n, p in pair.named_parameters() if p.requires_grad]
         self.graphs: dict = {}
+        self.grad_norm = None
         self.blocked: str | None = None
         if self.elbo is None:
             self.blocked = f"{type(elbo).__name__} is not a pure tensor function of the parameters"
@@ -73,12 +76,15 @@ class CompiledStep:
         if self.blocked:
             say(f"compile='step': the step stays eager: {self.blocked}")
 
-    def _loss_and_grads(self, params, *tensors, spec):
-        args, kwargs = _unflatten(tensors, spec)
+    def _loss_and_grads(self, *flat, spec):
+        """The recorded function: ``(*params, *inputs) -> (loss, |grad|^2, *grads)``."""
+        params = list(flat[:len(self.params)])
+        args, kwargs = _unflatten(flat[len(self.params):], spec)
         with _reparametrize_module(self.pair, dict(zip(self.names, params))), pyro.validation_enabled(False):
             loss = self.elbo.differentiable_loss(self.pair.model, self.pair.guide, *args, **kwargs)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return loss, [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+        return (loss, sum((g * g).sum() for g in grads), *grads)
 
     def _build(self, args, kwargs):
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -86,33 +92,36 @@ class CompiledStep:
         tensors, spec = _flatten(args, kwargs)
         live = [p.detach().requires_grad_() for p in self.params]
 
-        def fn(params, *tensors):
-            return self._loss_and_grads(params, *tensors, spec=spec)
+        def fn(*flat):
+            return self._loss_and_grads(*flat, spec=spec)
 
-        state = torch.get_rng_state()
+        state = _rng_state(tensors[0].device)
         try:
-            eager_loss, eager_grads = fn(live, *tensors)
-            torch.set_rng_state(state)
+            eager = fn(*live, *tensors)
+            _set_rng_state(state)
             program_module.TRACING = True
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                graph = make_fx(fn)(live, *tensors)
+                graph = make_fx(fn)(*live, *tensors)
         except Exception as e:  # noqa: BLE001 - anything that will not trace keeps the step eager
             self.say(f"compile='step': the step stays eager for inputs of shape {tuple(tensors[0].shape)}: "
                      f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
             return None
         finally:
             program_module.TRACING = False
-        torch.set_rng_state(state)
+        inputs = [p.detach() for p in self.params] + list(tensors)
+        _set_rng_state(state)
         with torch.no_grad():
-            loss, grads = graph([p.detach() for p in self.params], *tensors)
-        same = torch.equal(loss, eager_loss.detach()) and all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
-        torch.set_rng_state(state)  # the step itself draws afresh
-        if not same:
+            replay = graph(*inputs)
+        if not all(torch.equal(a, b.detach()) for a, b in zip(replay, eager)):
+            _set_rng_state(state)
             self.say("compile='step': the step stays eager: its traced graph differs from the eager step (control "
                      "flow that depends on the data?)")
             return None
-        return (torch.compile(graph, dynamic=False) if self.compile_graph else graph), spec
+        if self.compile_graph:
+            graph = compile_graph(graph, inputs, state, replay, self.say)
+        _set_rng_state(state)  # the step itself draws afresh
+        return graph
 
     def __call__(self, *args, **kwargs):
         if self.blocked:
@@ -120,16 +129,85 @@ class CompiledStep:
         key = _key(args, kwargs)
         if key not in self.graphs:
             self.graphs[key] = self._build(args, kwargs)
-        built = self.graphs[key]
-        if built is None:
+        graph = self.graphs[key]
+        if graph is None:
+            self.grad_norm = None
             return self.fallback(*args, **kwargs)
-        graph, _ = built
         tensors, _ = _flatten(args, kwargs)
         with torch.no_grad():
-            loss, grads = graph([p.detach() for p in self.params], *tensors)
-        for p, g in zip(self.params, grads):
+            out = graph(*[p.detach() for p in self.params], *tensors)
+        for p, g in zip(self.params, out[2:]):
             p.grad = g
-        return loss.detach()
+        self.grad_norm = out[1].sqrt()
+        return out[0].detach()
+
+
+def compile_graph(graph, inputs, state, expected, say=print):
+    """Inductor's compilation of a recorded graph, checked against ``expected`` (the graph's own
+    outputs for ``inputs`` under the random state ``state``).
+
+    On the CPU the products run on the faster of MKL and oneDNN ([`pvae.matmul`][pvae.matmul]).
+    Random ops stay torch's own (``fallback_random``), so the compiled graph draws what the eager
+    step draws and can be checked: every output within 1e-3 of the largest entry of the expected
+    one (products summed in another order differ by about 1e-6). A graph that fails the check, or
+    does not compile, runs uncompiled, said in one line."""
+    import copy
+
+    from torch._inductor import config as inductor_config
+
+    from .matmul import onednn_lowering, use_fastest_matmuls
+
+    tries = []
+    if inputs[0].device.type == "cpu":
+        fast = copy.deepcopy(graph)
+        if use_fastest_matmuls(fast):
+            tries.append((fast, onednn_lowering))
+    tries.append((graph, contextlib.nullcontext))
+    reason = ""
+    for candidate, context in tries:
+        try:
+            with context(), inductor_config.patch(fallback_random=True), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compiled = _compile_fx(candidate, list(inputs))
+                _set_rng_state(state)
+                with torch.no_grad():
+                    got = compiled(*inputs)
+        except Exception as e:  # noqa: BLE001 - a graph inductor cannot compile still runs, uncompiled
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            continue
+        if all(_close(a, b) for a, b in zip(got, expected)):
+            return compiled
+        reason = "its compiled graph does not reproduce the traced one"
+    say(f"compile='step': the step runs traced but uncompiled: {reason}")
+    return graph
+
+
+def _compile_fx(graph, inputs):
+    try:
+        from torch._inductor.compile_fx import compile_fx
+    except ImportError:  # pragma: no cover - an inductor without it: through dynamo (a guard check per call)
+        return torch.compile(graph, dynamic=False)
+    return compile_fx(graph, inputs)
+
+
+def _close(a, b) -> bool:
+    a, b = a.detach(), b.detach()
+    if a.shape != b.shape:
+        return False
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return bool(torch.isfinite(a).all() == torch.isfinite(b).all()) and bool(
+        ((a - b).abs() <= 1e-3 * max(scale, 1e-6)).all())
+
+
+def _rng_state(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state):
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
 
 
 def _flatten(args, kwargs):

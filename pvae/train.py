@@ -205,6 +205,15 @@ class FaultPolicy:
             self._fail(epoch, int(self.first_bad))
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """One ``torch.optim.Adam`` over all parameters, with torch's fused kernel where it takes them
+    (one kernel for every tensor: 0.2 ms a step for the IWAE paper's net on CPU, against 1.0 ms)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # a device or dtype the fused kernel does not take
+        return torch.optim.Adam(params, lr=lr)
+
+
 def _step_loss(pair, elbo, ctx, device):
     """``xb -> loss`` with the gradients filled in: through a (DDP-wrapped) loss module where the
     objective has ``differentiable_loss``, else through its ``loss_and_grads``."""
@@ -245,9 +254,9 @@ def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, b
     for step in bar:
         idx = perm[step * batch_size:(step + 1) * batch_size]
         idx = idx[ctx.rank::ctx.world] if ctx.active else idx
-        xb = inputs.x[idx]
+        xb = inputs.x.index_select(0, idx)
         if binarize == "dynamic":
-            xb = torch.bernoulli(xb)
+            xb = (torch.rand_like(xb) < xb).to(xb.dtype)  # Bernoulli(xb); twice as fast as torch.bernoulli on CPU
         args, kwargs = inputs.take(idx, x=xb)
         scale = kl_scale(epoch * steps + step + 1)
         if anneal is not None:
@@ -255,7 +264,11 @@ def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, b
         optimizer.zero_grad(set_to_none=True)
         with scale_latents(scale=scale):  # warm-up: latent sites of model and guide alike (no-op at 1)
             loss = step_loss(*args, **kwargs)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+        grad_norm = getattr(step_loss, "grad_norm", None)  # the compiled step computes it in its graph
+        if grad_norm is None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+        elif clip_grad:
+            torch.nn.utils.clip_grads_with_norm_(params, clip_grad, grad_norm)
         if not faults.allows_step(torch.isfinite(loss) & torch.isfinite(grad_norm), optimizer, epoch, step):
             if faults.deferred:
                 break
@@ -379,7 +392,7 @@ def _fit(model, train, objective, *, guide, modules, k, alpha, epochs, batch_siz
     if missed:
         raise ValueError(f"the loss depends on {len(missed)} tensor(s) that would not be trained ({missed[0]}, ...): "
                          "pass the modules holding them as modules=..., or register them with pyro.module / pyro.param")
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = adam(params, lr)
     fit_config = {"objective": objective if isinstance(objective, str) else type(objective).__name__,
                   "k": elbo.num_particles, "alpha": alpha, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "seed": seed, "device": str(device), "warmup_epochs": warmup_epochs, "n_train": n,
