@@ -58,16 +58,25 @@ def traceable(elbo):
 
 
 class CompiledStep:
-    """``step(*args, **kwargs) -> loss`` with the gradients written into ``p.grad`` and their norm
-    kept in ``grad_norm``: a traced and compiled graph per input shape, or the eager ``fallback``
-    (``grad_norm`` None) where one cannot be made."""
+    """``step(*args, **kwargs) -> loss``: a traced and compiled graph per input shape, or the eager
+    ``fallback`` where one cannot be made.
 
-    def __init__(self, pair, elbo, params, fallback, compile_graph: bool = True, say=print):
+    Without ``optimizer`` the graph writes the gradients into ``p.grad`` and keeps their norm in
+    ``grad_norm``. With a plain ``torch.optim.Adam`` as ``optimizer`` the graph also takes the
+    Adam step (with gradient clipping at ``clip_grad``) on the optimizer's own state tensors, in
+    place, and only where the loss and gradient norm are finite: ``updated`` is then True, and the
+    caller takes no optimizer step. After a fallback call ``grad_norm`` is None and ``updated``
+    False."""
+
+    def __init__(self, pair, elbo, params, fallback, compile_graph: bool = True, say=print, optimizer=None,
+                 clip_grad: float | None = None):
         self.pair, self.params, self.fallback, self.compile_graph, self.say = pair, params, fallback, compile_graph, say
         self.elbo = traceable(elbo)
         self.names = [n for n, p in pair.named_parameters() if p.requires_grad]
         self.graphs: dict = {}
-        self.grad_norm = None
+        self.grad_norm, self.updated = None, False
+        self.optimizer = optimizer if optimizer is not None and _plain_adam(optimizer, params) else None
+        self.clip_grad = clip_grad
         self.blocked: str | None = None
         if self.elbo is None:
             self.blocked = f"{type(elbo).__name__} is not a pure tensor function of the parameters"
@@ -87,41 +96,75 @@ class CompiledStep:
         return (loss, sum((g * g).sum() for g in grads), *grads)
 
     def _build(self, args, kwargs):
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         tensors, spec = _flatten(args, kwargs)
         live = [p.detach().requires_grad_() for p in self.params]
-
-        def fn(*flat):
-            return self._loss_and_grads(*flat, spec=spec)
-
-        state = _rng_state(tensors[0].device)
-        try:
-            eager = fn(*live, *tensors)
-            _set_rng_state(state)
-            program_module.TRACING = True
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                graph = make_fx(fn)(*live, *tensors)
-        except Exception as e:  # noqa: BLE001 - anything that will not trace keeps the step eager
-            self.say(f"compile='step': the step stays eager for inputs of shape {tuple(tensors[0].shape)}: "
-                     f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
-            return None
-        finally:
-            program_module.TRACING = False
         inputs = [p.detach() for p in self.params] + list(tensors)
-        _set_rng_state(state)
-        with torch.no_grad():
-            replay = graph(*inputs)
-        if not all(torch.equal(a, b.detach()) for a, b in zip(replay, eager)):
-            _set_rng_state(state)
-            self.say("compile='step': the step stays eager: its traced graph differs from the eager step (control "
-                     "flow that depends on the data?)")
+        recorded = record(lambda *flat: self._loss_and_grads(*flat, spec=spec), live + list(tensors), inputs,
+                          self.say, "compile='step': the step stays eager")
+        if recorded is None:
             return None
+        graph, state, replay = recorded
+        updating = self.optimizer is not None
+        if updating:  # the Adam step joins the graph: one program per step
+            graph, inputs, replay = self._with_update(graph, inputs, state)
         if self.compile_graph:
-            graph = compile_graph(graph, inputs, state, replay, self.say)
+            graph = compile_graph(graph, inputs, state, replay, self.say, mutates=updating)
         _set_rng_state(state)  # the step itself draws afresh
-        return graph
+        return graph, updating
+
+    def _adam_state(self):
+        """The optimizer's state tensors (made as ``torch.optim.Adam`` makes them on its first step)."""
+        state = self.optimizer.state
+        for p in self.params:
+            if not state[p]:
+                fused = bool(self.optimizer.defaults.get("fused"))
+                state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device if fused else "cpu")
+                state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return ([state[p]["exp_avg"] for p in self.params] + [state[p]["exp_avg_sq"] for p in self.params]
+                + [state[p]["step"] for p in self.params])
+
+    def _lr(self, device):
+        return torch.tensor(float(self.optimizer.param_groups[0]["lr"]), device=device)
+
+    def _with_update(self, graph, inputs, state):
+        """``graph`` (loss and gradients) followed by the Adam step, recorded as one graph of
+        ``(*params, *tensors, *adam_state, lr)`` that updates params and state in place and returns
+        ``(loss, grad_norm)``; with the inputs and the outputs expected for them."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        n, group = len(self.params), self.optimizer.param_groups[0]
+        (beta1, beta2), eps, clip = group["betas"], group["eps"], self.clip_grad
+
+        def step(*flat):
+            params, adam, lr = flat[:n], flat[len(flat) - 1 - 3 * n:-1], flat[-1]
+            out = graph(*flat[:len(flat) - 1 - 3 * n])
+            loss, norm, grads = out[0], out[1].sqrt(), out[2:]
+            finite = torch.isfinite(loss) & torch.isfinite(norm)
+            if clip:
+                coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
+                grads = [g * coef for g in grads]
+            for i, (p, g) in enumerate(zip(params, grads)):
+                m, v, t = adam[i], adam[n + i], adam[2 * n + i]
+                t1 = t + 1
+                m1 = torch.lerp(m, g, 1 - beta1)
+                v1 = v * beta2 + (1 - beta2) * g * g
+                denom = v1.sqrt() / torch.sqrt(1 - torch.pow(beta2, t1)) + eps
+                p1 = p - (lr / (1 - torch.pow(beta1, t1))) * m1 / denom
+                for old, new in ((p, p1), (m, m1), (v, v1), (t, t1)):
+                    old.copy_(torch.where(finite, new, old))
+            return loss, norm
+
+        full = inputs + self._adam_state() + [self._lr(inputs[0].device)]
+        check = [t.clone() for t in full]
+        _set_rng_state(state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recorded = make_fx(step)(*check)
+        check = [t.clone() for t in full]
+        _set_rng_state(state)
+        expected = list(recorded(*check)) + check  # outputs, then every input as the step leaves it
+        return recorded, full, expected
 
     def __call__(self, *args, **kwargs):
         if self.blocked:
@@ -129,20 +172,108 @@ class CompiledStep:
         key = _key(args, kwargs)
         if key not in self.graphs:
             self.graphs[key] = self._build(args, kwargs)
-        graph = self.graphs[key]
-        if graph is None:
-            self.grad_norm = None
+        built = self.graphs[key]
+        if built is None:
+            self.grad_norm, self.updated = None, False
             return self.fallback(*args, **kwargs)
+        graph, updating = built
         tensors, _ = _flatten(args, kwargs)
+        inputs = [p.detach() for p in self.params] + list(tensors)
         with torch.no_grad():
-            out = graph(*[p.detach() for p in self.params], *tensors)
+            if updating:
+                loss, self.grad_norm = graph(*inputs, *self._adam_state(), self._lr(inputs[0].device))
+                self.updated = True
+                return loss
+            out = graph(*inputs)
         for p, g in zip(self.params, out[2:]):
             p.grad = g
-        self.grad_norm = out[1].sqrt()
+        self.grad_norm, self.updated = out[1].sqrt(), False
         return out[0].detach()
 
 
-def compile_graph(graph, inputs, state, expected, say=print):
+def _plain_adam(optimizer, params) -> bool:
+    """``torch.optim.Adam`` with one group over ``params``, no weight decay, amsgrad or maximize:
+    the update `CompiledStep` writes into its graph."""
+    if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    same = len(group["params"]) == len(params) and all(a is b for a, b in zip(group["params"], params))
+    return (same and not group["weight_decay"] and not group["amsgrad"]
+            and not group["maximize"] and not group.get("differentiable") and not group.get("capturable"))
+
+
+def record(fn, trace_inputs, inputs, say, blocked: str):
+    """``fn`` recorded by ``make_fx`` at ``trace_inputs`` and replayed on ``inputs`` under the
+    random state of an eager call, which it must reproduce bit for bit; returns ``(graph, state,
+    replay)`` (the random state is left at ``state``), or None, with one line (``blocked: why``)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    state = _rng_state(inputs[-1].device)
+    try:
+        eager = fn(*trace_inputs)
+        _set_rng_state(state)
+        program_module.TRACING = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = make_fx(fn)(*trace_inputs)
+    except Exception as e:  # noqa: BLE001 - anything that will not trace stays eager
+        say(f"{blocked} for inputs of shape {tuple(inputs[-1].shape)}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+        return None
+    finally:
+        program_module.TRACING = False
+    _set_rng_state(state)
+    with torch.no_grad():
+        replay = graph(*inputs)
+    _set_rng_state(state)
+    if not all(torch.equal(a, b.detach()) for a, b in zip(replay, eager)):
+        say(f"{blocked}: its traced graph differs from the eager one (control flow that depends on the data?)")
+        return None
+    return graph, state, replay
+
+
+class CompiledTerms:
+    """Evaluation's pass, ``log_weight_terms(model, guide, *args, num_particles=c)`` with its three
+    ``(c, batch)`` results, traced and compiled once per number of particles and input shape (the
+    parameters and buffers are inputs of the graph, so training between calls is seen). Returns
+    None where a graph cannot be made, and the caller runs the eager pass."""
+
+    def __init__(self, pair, program, say=print):
+        self.pair, self.program, self.say = pair, program, say
+        self.names = [n for n, _ in pair.named_parameters()] + [n for n, _ in pair.named_buffers()]
+        self.graphs: dict = {}
+
+    def _state(self):
+        return [p.detach() for _, p in self.pair.named_parameters()] + [b for _, b in self.pair.named_buffers()]
+
+    def _terms(self, *flat, spec, k):
+        from .program import log_weight_terms
+
+        n = len(self.names)
+        args, kwargs = _unflatten(flat[n:], spec)
+        with _reparametrize_module(self.pair, dict(zip(self.names, flat[:n]))), pyro.validation_enabled(False):
+            t = log_weight_terms(self.pair.model, self.pair.guide, *args, num_particles=k, program=self.program,
+                                 **kwargs)
+        return t.log_px_z, t.log_pz, t.log_qz
+
+    def __call__(self, args, kwargs, k: int):
+        key = (k,) + _key(args, kwargs)
+        tensors, spec = _flatten(args, kwargs)
+        inputs = self._state() + list(tensors)
+        if key not in self.graphs:
+            recorded = record(lambda *flat: self._terms(*flat, spec=spec, k=k), inputs, inputs, self.say,
+                              "compiled evaluation: the pass stays eager")
+            graph = None
+            if recorded is not None:
+                graph, state, replay = recorded
+                graph = compile_graph(graph, inputs, state, replay, self.say, what="compiled evaluation")
+                _set_rng_state(state)  # this call draws what the eager pass would have drawn
+            self.graphs[key] = graph
+        graph = self.graphs[key]
+        return None if graph is None else graph(*inputs)
+
+
+def compile_graph(graph, inputs, state, expected, say=print, what: str = "compile='step'", mutates: bool = False):
     """Inductor's compilation of a recorded graph, checked against ``expected`` (the graph's own
     outputs for ``inputs`` under the random state ``state``).
 
@@ -150,7 +281,9 @@ def compile_graph(graph, inputs, state, expected, say=print):
     Random ops stay torch's own (``fallback_random``), so the compiled graph draws what the eager
     step draws and can be checked: every output within 1e-3 of the largest entry of the expected
     one (products summed in another order differ by about 1e-6). A graph that fails the check, or
-    does not compile, runs uncompiled, said in one line."""
+    does not compile, runs uncompiled, said in one line. ``mutates``: the graph updates its inputs
+    in place; it is checked on copies, and ``expected`` lists its outputs then its inputs as the
+    graph leaves them."""
     import copy
 
     from torch._inductor import config as inductor_config
@@ -168,17 +301,18 @@ def compile_graph(graph, inputs, state, expected, say=print):
         try:
             with context(), inductor_config.patch(fallback_random=True), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                compiled = _compile_fx(candidate, list(inputs))
+                trial = [t.clone() for t in inputs] if mutates else list(inputs)
+                compiled = _compile_fx(candidate, [t.clone() for t in trial] if mutates else trial)
                 _set_rng_state(state)
                 with torch.no_grad():
-                    got = compiled(*inputs)
+                    got = list(compiled(*trial)) + (trial if mutates else [])
         except Exception as e:  # noqa: BLE001 - a graph inductor cannot compile still runs, uncompiled
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
             continue
         if all(_close(a, b) for a, b in zip(got, expected)):
             return compiled
         reason = "its compiled graph does not reproduce the traced one"
-    say(f"compile='step': the step runs traced but uncompiled: {reason}")
+    say(f"{what}: the graph runs traced but uncompiled: {reason}")
     return graph
 
 

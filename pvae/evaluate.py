@@ -19,6 +19,7 @@ E_q[log q(z|x) - log p(z)] terms, the importance-sampling effective sample size
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from pyro import poutine
@@ -33,6 +34,9 @@ from .validate import check_positive_int
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
+#: ``compile=None`` compiles the evaluation pass from this many particles x datapoints on (about
+#: 15 s of eager evaluation for the IWAE paper's net on 2 CPU cores; compiling takes 3-6 s)
+COMPILE_FROM = 2_000_000
 
 
 def _eval_inputs(data, pair, labels=None) -> Inputs:
@@ -56,10 +60,15 @@ def program_of(pair, inputs: Inputs, data_plate: str | None = None, batch_size: 
 
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
                           device=None, progress: bool = False, desc: str = "log p(x)", labels=None,
-                          data_plate: str | None = None):
+                          data_plate: str | None = None, compile: bool | None = None, on_device: bool = False):
     """Yield ``(start, terms)`` per batch of data, with ``terms`` (k, batch) tensors concatenated
-    over chunks of particles: [`LogWeightTerms`][pvae.program.LogWeightTerms] fields on the CPU. Global
-    latents are held at their guide mean ([`pvae.program.fix_globals`][pvae.program.fix_globals])."""
+    over chunks of particles: [`LogWeightTerms`][pvae.program.LogWeightTerms] fields, on the CPU
+    (on the evaluation device with ``on_device=True``). Global latents are held at their guide mean
+    ([`pvae.program.fix_globals`][pvae.program.fix_globals]).
+
+    ``compile``: run each chunk as a traced and compiled graph ([`pvae.compiled.CompiledTerms`][pvae.compiled.CompiledTerms]);
+    None compiles from `COMPILE_FROM` particles x datapoints on. Programs with global latents or
+    sequential particles stay eager."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
     inputs = _eval_inputs(data, pair, labels)
@@ -68,7 +77,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     was_training = pair.training
     pair.eval()
     bar = progress_bar(total=n, desc=desc, progress=progress, unit="x")
-    program, fixed = None, None
+    program, fixed, compiled = None, None, None
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
@@ -77,12 +86,15 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     program = program_of(pair, inputs.to(device), data_plate, batch_size)
                     with poutine.block():
                         fixed = fix_globals(pair.guide, program, *args, **kwargs)
+                    compiled = _compiled_terms(pair, program, fixed, compile, n * k)
                 parts, c = [], 0
                 while c < k:
                     try:
                         with poutine.block():
-                            t = log_weight_terms(pair.model, pair.guide, *args, num_particles=min(chunk, k - c),
-                                                 program=program, fixed=fixed, **kwargs)
+                            t = None if compiled is None else compiled(args, kwargs, min(chunk, k - c))
+                            t = t if t is not None else log_weight_terms(
+                                pair.model, pair.guide, *args, num_particles=min(chunk, k - c), program=program,
+                                fixed=fixed, **kwargs)
                     except torch.OutOfMemoryError:
                         if chunk == 1:
                             raise
@@ -90,8 +102,8 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                         continue
-                    parts.append((t.log_px_z.cpu(), t.log_pz.cpu(), t.log_qz.cpu()))
-                    c += t.log_px_z.shape[0]
+                    parts.append(tuple(u if on_device else u.cpu() for u in t[:3]))
+                    c += t[0].shape[0]
                 yield start, tuple(torch.cat(p, 0) for p in zip(*parts))
                 bar.update(min(batch_size, n - start))
     except ValueError as e:
@@ -103,10 +115,33 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
         pair.train(was_training)
 
 
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pair -> its CompiledTerms
+
+
+def _compiled_terms(pair, program, fixed, compile, work: int):
+    """The pair's compiled evaluation pass (kept on the pair, so later calls reuse its graphs), or None."""
+    if compile is False or (compile is None and work < COMPILE_FROM):
+        return None
+    import warnings
+
+    from .compiled import CompiledTerms
+
+    why = ("the program has global latents" if fixed is not None else
+           "its particles are drawn one trace at a time" if not program.vectorize else None)
+    if why:
+        if compile:
+            warnings.warn(f"compiled evaluation: the pass stays eager: {why}", stacklevel=4)
+        return None
+    cached = _COMPILED.get(pair)
+    if cached is None or cached.program is not program:
+        cached = _COMPILED[pair] = CompiledTerms(pair, program, say=lambda line: warnings.warn(line, stacklevel=5))
+    return cached
+
+
 def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100,
                    device=None, progress: bool = True, labels=None, data_plate: str | None = None,
                    method: str = "is", steps: int = 500, chains: int = 16, start: str = "guide",
-                   leapfrog: int = 10) -> torch.Tensor:
+                   leapfrog: int = 10, compile: bool | None = None) -> torch.Tensor:
     """Importance-sampled log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``).
 
     ``model`` is a pvae model or any module with ``.model``/``.guide`` (or a model function with
@@ -118,6 +153,10 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     ``method="ais"``: annealed importance sampling instead ([`pvae.ais.ais_log_likelihood`][pvae.ais.ais_log_likelihood]):
     ``chains`` chains per datapoint, ``steps`` annealing steps of ``leapfrog``-step HMC, starting
     from the guide (``start="guide"``) or the prior (``"prior"``); ``k`` is then unused.
+
+    The log-weights stay on the evaluation device and are reduced there; only the per-datapoint
+    estimates come back. ``compile``: trace and compile the evaluation pass once per chunk shape
+    (None: from `COMPILE_FROM` particles x datapoints on; the graphs are kept for later calls).
     """
     if method == "ais":
         from .ais import ais_log_likelihood
@@ -130,10 +169,10 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     k = check_positive_int("the number of importance samples k", k)
     out = []
     pair = as_pair(model, guide, modules)
-    for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, int(k),
-                                                    batch_size=batch_size, device=device, progress=progress,
-                                                    labels=labels, data_plate=data_plate):
-        out.append(torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k))
+    for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, int(k), batch_size=batch_size, device=device,
+                                                    progress=progress, labels=labels, data_plate=data_plate,
+                                                    compile=compile, on_device=True):
+        out.append((torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k)).cpu())
     _say_notes(pair)
     ll = torch.cat(out)
     nan = torch.isnan(ll)
@@ -273,7 +312,7 @@ def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=No
 
 def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100, device=None,
              progress: bool = True, khat: bool = True, units: bool = True, labels=None,
-             data_plate: str | None = None) -> dict:
+             data_plate: str | None = None, compile: bool | None = None) -> dict:
     """Everything pvae reports about a trained pair on ``data``, from one set of k draws each.
 
     Returns per-datapoint tensors (``log_px``, ``log_px_mc_se``: the Monte Carlo standard error of
@@ -283,23 +322,24 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     the importance sampler), median/max k-hat, the share of k-hat > 0.7 and the number of active
     units; ``summary["notes"]`` says how the numbers were computed where that
     differs from the plain protocol (global latents held at their guide mean, training scales
-    left out, sequential particles).
+    left out, sequential particles). ``compile`` as in [`log_likelihood`][pvae.evaluate.log_likelihood];
+    every reduction but PSIS k-hat runs on the evaluation device.
     """
     k = check_positive_int("the number of importance samples k", k)
     pair = as_pair(model, guide, modules)
     cols = {n: [] for n in ("log_px", "log_px_mc_se", "elbo", "recon", "kl", "ess", "khat")}
-    for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, k,
-                                                    batch_size=batch_size, device=device, progress=progress,
-                                                    labels=labels, data_plate=data_plate):
+    for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, k, batch_size=batch_size, device=device,
+                                                    progress=progress, labels=labels, data_plate=data_plate,
+                                                    compile=compile, on_device=True):
         lw = lpx + lpz - lqz
-        cols["log_px"].append(torch.logsumexp(lw, 0) - math.log(k))
-        cols["log_px_mc_se"].append(mc_standard_error(lw))
-        cols["elbo"].append(lw.mean(0))
-        cols["recon"].append(lpx.mean(0))
-        cols["kl"].append((lqz - lpz).mean(0))
-        cols["ess"].append(ess(lw))
+        cols["log_px"].append((torch.logsumexp(lw, 0) - math.log(k)).cpu())
+        cols["log_px_mc_se"].append(mc_standard_error(lw).cpu())
+        cols["elbo"].append(lw.mean(0).cpu())
+        cols["recon"].append(lpx.mean(0).cpu())
+        cols["kl"].append((lqz - lpz).mean(0).cpu())
+        cols["ess"].append(ess(lw).cpu())
         if khat and k >= 5:
-            cols["khat"].append(psis_khat(lw))
+            cols["khat"].append(psis_khat(lw.cpu()))
     out = {n: torch.cat(v) for n, v in cols.items() if v}
     s = {"n": int(out["log_px"].shape[0]), "k": k}
     for n in ("log_px", "elbo", "recon", "kl", "ess"):

@@ -228,8 +228,8 @@ def _step_loss(pair, elbo, ctx, device):
     return lambda *args, **kwargs: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args, **kwargs))
 
 
-def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs):
-    """The compiled step where nothing blocks it (one line says what does)."""
+def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs, optimizer, clip_grad):
+    """The compiled step, Adam update included, where nothing blocks it (one line says what does)."""
     from .compiled import CompiledStep
 
     blocked = ("multi-process training" if ctx.active else "KL warm-up changes a scale every step" if warmup_epochs
@@ -240,7 +240,7 @@ def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs):
     if blocked:
         speak(f"compile='step': the step stays eager: {blocked}")
         return step_loss
-    return CompiledStep(pair, elbo, params, step_loss, say=speak)
+    return CompiledStep(pair, elbo, params, step_loss, say=speak, optimizer=optimizer, clip_grad=clip_grad)
 
 
 def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
@@ -264,16 +264,18 @@ def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, b
         optimizer.zero_grad(set_to_none=True)
         with scale_latents(scale=scale):  # warm-up: latent sites of model and guide alike (no-op at 1)
             loss = step_loss(*args, **kwargs)
-        grad_norm = getattr(step_loss, "grad_norm", None)  # the compiled step computes it in its graph
+        updated = getattr(step_loss, "updated", False)  # the compiled step took the Adam step itself
+        grad_norm = getattr(step_loss, "grad_norm", None)  # ... or computed the norm in its graph
         if grad_norm is None:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
-        elif clip_grad:
+        elif clip_grad and not updated:
             torch.nn.utils.clip_grads_with_norm_(params, clip_grad, grad_norm)
         if not faults.allows_step(torch.isfinite(loss) & torch.isfinite(grad_norm), optimizer, epoch, step):
-            if faults.deferred:
+            if faults.deferred:  # (an updating graph left the parameters as they were on a non-finite step)
                 break
             continue
-        optimizer.step()
+        if not updated:
+            optimizer.step()
         total += loss
         seen += xb.shape[0]
         if not bar.disable and (step % 20 == 0 or step == steps - 1):
@@ -468,7 +470,7 @@ def _fit_epochs(v: dict) -> None:
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)
         if v["compile"] == "step":
-            step_loss = _compiled(pair, elbo, v["params"], step_loss, ctx, warmup_epochs)
+            step_loss = _compiled(pair, elbo, v["params"], step_loss, ctx, warmup_epochs, optimizer, v["clip_grad"])
         for epoch in range(v["start_epoch"], epochs):
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=shuffle).to(device)
