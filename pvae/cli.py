@@ -292,7 +292,7 @@ def _train_in(args, run_dir, main_rank):
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                 test=test, warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume,
                 progress=not args.quiet, precision=args.precision, clip_grad=args.clip_grad,
-                compile="step" if getattr(args, "compile_step", False) else args.compile,
+                compile=compile_option(args),
                 data_plate=getattr(args, "data_plate", None), overwrite=True,
                 callbacks=[TensorBoard(args.tensorboard)] if getattr(args, "tensorboard", None) else ())
         data = {k: getattr(args, k, None) for k in ("dataset", "data_dir", "n_train", "n_test", "exclude_class")}
@@ -436,6 +436,13 @@ def cmd_compare(args):
                   ais=dict(steps=args.ais_steps, chains=args.ais_chains) if args.ais_steps else None)
     print(out["table"])
     print(f"run folder: {run_dir}")
+
+
+def compile_option(args):
+    """fit's ``compile`` from ``--compile`` (the nets) and ``--compile-step auto|on|off``."""
+    if getattr(args, "compile", False):
+        return True
+    return {"on": "step", "off": False}.get(getattr(args, "compile_step", "auto"), "auto")
 
 
 def cmd_demo(args):
@@ -668,8 +675,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="arithmetic of the nets (log-densities stay float32)")
     t.add_argument("--compile", action="store_true", help="torch.compile the nets")
-    t.add_argument("--compile-step", action="store_true",
-                   help="trace and compile the whole training step once per batch shape (docs/training.md)")
+    t.add_argument("--compile-step", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="trace and compile the whole training step once per batch shape; auto: for runs of 1000 "
+                        "steps or more (docs/training.md)")
     t.add_argument("--clip-grad", type=_real(0, open_low=True), default=None, help="clip the gradients' global norm")
     t.add_argument("--eval-k", type=NATURAL, default=5000, help="importance samples for test log p(x) (0: skip)")
     _add_run_args(t, "train")

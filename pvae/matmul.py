@@ -47,15 +47,21 @@ def _like(meta) -> torch.Tensor:
     return t.normal_()
 
 
-def _time(fn, budget: float = 0.05) -> float:
-    fn()
-    times, spent = [], 0.0
-    while len(times) < 3 or (spent < budget and len(times) < 15):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        spent += times[-1]
-    return statistics.median(times)
+def _timed(candidates: dict, budget: float = 0.2) -> dict:
+    """Median seconds of each candidate, timed in interleaved rounds (so that the machine's noise
+    falls on all of them alike): at least 5 rounds, more while within ``budget`` seconds, at most 21."""
+    for fn in candidates.values():
+        fn()  # warm: first-call allocations and oneDNN's kernel choice
+    times: dict = {name: [] for name in candidates}
+    spent, rounds = 0.0, 0
+    while rounds < 5 or (spent < budget and rounds < 21):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            spent += times[name][-1]
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
@@ -68,11 +74,13 @@ def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
         a, b = _like(a_meta), _like(b_meta)
         bias = None if bias_meta is None else _like(bias_meta)
         op = _linear()
+        candidates = {"mkl": lambda: torch.mm(a, b) if bias is None else torch.addmm(bias, a, b),
+                      "onednn": lambda: op(a, b.t(), bias, "none", [], "")}
+        if bias is None:
+            candidates["swapped"] = lambda: op(b.t(), a, None, "none", [], "").t()
         with torch.no_grad():
-            times = {"mkl": _time(lambda: torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)) * margin,
-                     "onednn": _time(lambda: op(a, b.t(), bias, "none", [], ""))}
-            if bias is None:
-                times["swapped"] = _time(lambda: op(b.t(), a, None, "none", [], "").t())
+            times = _timed(candidates)
+        times["mkl"] *= margin
         _cache[key] = min(times, key=times.get)
     return _cache[key]
 
