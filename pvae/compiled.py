@@ -69,7 +69,7 @@ class CompiledStep:
     False."""
 
     def __init__(self, pair, elbo, params, fallback, compile_graph: bool = True, say=print, optimizer=None,
-                 clip_grad: float | None = None):
+                 clip_grad: float | None = None, capture: bool | None = None, capture_backend=None):
         self.pair, self.params, self.fallback, self.compile_graph, self.say = pair, params, fallback, compile_graph, say
         self.elbo = traceable(elbo)
         self.names = [n for n, p in pair.named_parameters() if p.requires_grad]
@@ -77,6 +77,8 @@ class CompiledStep:
         self.grad_norm, self.updated = None, False
         self.optimizer = optimizer if optimizer is not None and _plain_adam(optimizer, params) else None
         self.clip_grad = clip_grad
+        self.capture, self.capture_backend = capture, capture_backend
+        self._lr_tensor, self._lr_value = None, None
         self.blocked: str | None = None
         if self.elbo is None:
             self.blocked = f"{type(elbo).__name__} is not a pure tensor function of the parameters"
@@ -113,6 +115,11 @@ class CompiledStep:
         if self.compile_graph:
             graph = compile_graph(graph, inputs, state, replay, self.say, mutates=updating, slack=slack)
         _set_rng_state(state)  # the step itself draws afresh
+        capture = self.capture if self.capture is not None else inputs[0].device.type == "cuda"
+        if updating and capture:  # one CUDA graph per step: params and Adam state stay where they are
+            n = len(self.params)
+            batch = set(range(n, n + len(tensors))) | {len(inputs) - 1}  # the batch and the learning rate
+            graph = CapturedGraph(graph, batch, backend=self.capture_backend or cuda_capture)
         return graph, updating
 
     def _adam_state(self):
@@ -128,7 +135,15 @@ class CompiledStep:
                 + [state[p]["step"] for p in self.params])
 
     def _lr(self, device):
-        return torch.tensor(float(self.optimizer.param_groups[0]["lr"]), device=device)
+        """The learning rate as a tensor on the device, refilled only when it changes (a kernel
+        launch, not a host-to-device copy that would wait for the GPU)."""
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if self._lr_tensor is None or self._lr_tensor.device != device:
+            self._lr_tensor, self._lr_value = torch.full((), lr, device=device), lr
+        elif lr != self._lr_value:
+            self._lr_tensor.fill_(lr)
+            self._lr_value = lr
+        return self._lr_tensor
 
     def _with_update(self, graph, inputs, state):
         """``graph`` (loss and gradients) followed by the Adam step, recorded as one graph of
@@ -152,8 +167,10 @@ class CompiledStep:
                 t1 = t + 1
                 m1 = torch.lerp(m, g, 1 - beta1)
                 v1 = v * beta2 + (1 - beta2) * g * g
-                denom = v1.sqrt() / torch.sqrt(1 - torch.pow(beta2, t1)) + eps
-                p1 = p - (lr / (1 - torch.pow(beta1, t1))) * m1 / denom
+                correction1 = 1 - torch.pow(beta1, t1.double())  # in float64, as torch's fused kernel has them
+                correction2 = 1 - torch.pow(beta2, t1.double())
+                denom = v1.sqrt() / correction2.sqrt().float() + eps
+                p1 = p - (lr / correction1.float()) * m1 / denom
                 for old, new in ((p, p1), (m, m1), (v, v1), (t, t1)):
                     old.copy_(torch.where(finite, new, old))
             return loss, norm
@@ -184,14 +201,54 @@ class CompiledStep:
         inputs = [p.detach() for p in self.params] + list(tensors)
         with torch.no_grad():
             if updating:
-                loss, self.grad_norm = graph(*inputs, *self._adam_state(), self._lr(inputs[0].device))
-                self.updated = True
-                return loss
+                loss, norm = graph(*inputs, *self._adam_state(), self._lr(inputs[0].device))
+                self.grad_norm, self.updated = norm.clone(), True  # a captured graph's outputs are rewritten
+                return loss.clone()                                # by its next replay
             out = graph(*inputs)
         for p, g in zip(self.params, out[2:]):
             p.grad = g
         self.grad_norm, self.updated = out[1].sqrt(), False
         return out[0].detach()
+
+
+class CapturedGraph:
+    """``fn(*inputs)`` run as one CUDA graph: ``warmup`` plain calls (lazy initialisation happens
+    outside the capture), then one capture, then a replay per call. The inputs at the positions in
+    ``dynamic`` (the batch, the learning rate) are copied into static buffers before each replay;
+    the others (parameters, optimizer state, which the graph updates in place) must be the same
+    tensors on every call. The outputs are the graph's static tensors, rewritten by each replay.
+
+    ``backend(body, static) -> (replay, outputs)`` captures ``body`` (which reads ``static``):
+    `cuda_capture` on a GPU; the tests pass a stand-in that runs the same logic on the CPU."""
+
+    def __init__(self, fn, dynamic: set, backend=None, warmup: int = 3):
+        self.fn, self.dynamic, self.backend, self.warmup = fn, dynamic, backend or cuda_capture, warmup
+        self.calls, self.replay, self.static, self.outputs = 0, None, None, None
+
+    def __call__(self, *inputs):
+        self.calls += 1
+        if self.calls <= self.warmup:
+            return self.fn(*inputs)
+        if self.replay is None:
+            self.static = [t.clone() if i in self.dynamic else t for i, t in enumerate(inputs)]
+            self.replay, self.outputs = self.backend(lambda: self.fn(*self.static), self.static)
+        for i, t in enumerate(inputs):
+            if i in self.dynamic:
+                self.static[i].copy_(t)
+            elif t.data_ptr() != self.static[i].data_ptr():
+                raise RuntimeError(f"a captured step's input {i} must be the same tensor on every call")
+        self.replay()
+        return self.outputs
+
+
+def cuda_capture(body, static=None):
+    """Capture ``body`` in a ``torch.cuda.CUDAGraph``; returns ``(graph.replay, outputs)``. Capturing
+    runs nothing: the first replay is the step."""
+    graph = torch.cuda.CUDAGraph()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        outputs = body()
+    return graph.replay, outputs
 
 
 def _plain_adam(optimizer, params) -> bool:
@@ -301,7 +358,7 @@ def compile_graph(graph, inputs, state, expected, say=print, what: str = "compil
         fast = copy.deepcopy(graph)
         if use_fastest_matmuls(fast):
             tries.append((fast, onednn_lowering))
-    tries.append((graph, contextlib.nullcontext))
+    tries.append((copy.deepcopy(graph), contextlib.nullcontext))  # inductor may rewrite what it compiles
     reason = ""
     for candidate, context in tries:
         try:

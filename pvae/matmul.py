@@ -113,6 +113,8 @@ def use_fastest_matmuls(gm: torch.fx.GraphModule) -> int:
         how = fastest(metas[0], metas[1], None if bias is None else metas[2])
         if how == "mkl":
             continue
+        if bias is not None:
+            how = "onednn"  # a product with a bias has no swapped form
         with graph.inserting_before(node):
             if how == "onednn":
                 b_t = graph.call_function(aten.t.default, (b,))

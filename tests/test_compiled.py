@@ -78,7 +78,7 @@ def test_what_cannot_be_traced_stays_eager_with_one_line():
     pyro.clear_param_store()
     with pytest.warns(UserWarning, match="parameters in Pyro's param store"):
         pvae.fit(model, X, guide=guide, epochs=1, compile="step", progress=False)
-    with pytest.raises(ValueError, match="compile must be False, True .* or 'step'"):
+    with pytest.raises(ValueError, match="compile must be 'auto', 'step' .*, False or True .*got 'yes'"):
         pvae.fit(vae(), X, compile="yes", progress=False)
 
 
@@ -123,3 +123,222 @@ def test_point_mass_log_densities_follow_their_values_device(model):
     site = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(X[:5]).nodes["z"]
     site = {**site, "value": site["value"].detach().to("meta")}
     assert _per_datapoint(site, num_dims=2, data_plate="data", particle=False).device.type == "meta"
+
+
+def adam_reference(m, elbo, x, steps, lr=1e-2, clip=None, seed=1):
+    """The eager loop the in-graph update must equal: Trace-equivalent loss, backward, clipping,
+    torch.optim.Adam."""
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    torch.manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        loss, _ = eager_step(m, elbo, x)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
+        opt.step()
+        losses.append(loss)
+    return losses, opt
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("steps,tol", [(1, 1e-6), (3, 1e-4)])  # later steps start from rounding-different weights
+def test_the_in_graph_adam_step_is_torch_adam_with_its_state_in_the_optimizer(clip, steps, tol):
+    a, b = vae(), vae()
+    params = list(a.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    step = CompiledStep(a, pvae.objective("iwae:k=3"), params, fallback=None, compile_graph=False, say=pytest.fail,
+                        optimizer=opt, clip_grad=clip)
+    torch.manual_seed(1)
+    losses = [step(X[:10]) for _ in range(steps)]
+    assert step.updated and all(p.grad is None for p in params)  # no gradients left behind: the graph stepped
+    ref_losses, ref_opt = adam_reference(b, step.elbo, X[:10], steps, clip=clip)
+    torch.testing.assert_close(torch.stack(losses), torch.stack(ref_losses), rtol=1e-5, atol=1e-5)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=tol, atol=tol)  # tol: 1e-4 of a step of lr = 1e-2 after one step
+        for key in ("exp_avg", "exp_avg_sq", "step"):  # the optimizer's own state: checkpoints and resume see it
+            torch.testing.assert_close(opt.state[p][key], ref_opt.state[q][key], rtol=10 * tol, atol=tol)
+    assert float(opt.state[params[0]]["step"]) == steps
+
+
+def test_a_non_finite_step_leaves_parameters_and_adam_state_as_they_were():
+    m = vae()
+    params = list(m.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    step = CompiledStep(m, pvae.objective("elbo"), params, fallback=None, compile_graph=False, say=pytest.fail,
+                        optimizer=opt)
+    step(X[:10])
+    before = [p.detach().clone() for p in params] + [opt.state[p]["exp_avg"].clone() for p in params]
+    bad = X[:10].clone()
+    bad[0, 0] = float("nan")
+    loss = step(bad)  # same shape: the same graph, with a NaN in the data
+    assert not torch.isfinite(loss)
+    after = [p.detach() for p in params] + [opt.state[p]["exp_avg"] for p in params]
+    assert all(torch.equal(u, v) for u, v in zip(before, after))
+    assert float(opt.state[params[0]]["step"]) == 1.0
+
+
+def test_products_run_on_onednn_or_mkl_with_the_same_values(monkeypatch):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pvae import matmul
+
+    if not matmul.available():
+        pytest.skip("this torch has no oneDNN linear op")
+    a, w, bias = torch.randn(30, 20), torch.randn(20, 10), torch.randn(10)
+
+    def f(a, w, bias):
+        h = torch.addmm(bias, a, w)
+        return h, a.t() @ h  # a weight-gradient-shaped product: transposed left operand
+
+    expected = f(a, w, bias)
+    for how in ("onednn", "swapped", "mkl"):
+        monkeypatch.setattr(matmul, "fastest", lambda *m, how=how: how)
+        gm = make_fx(f)(a, w, bias)
+        rewritten = matmul.use_fastest_matmuls(gm)
+        assert rewritten == {"onednn": 2, "swapped": 2, "mkl": 0}[how]  # (addmm, which has no swapped form, on oneDNN)
+        for got, want in zip(gm(a, w, bias), expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        with matmul.onednn_lowering():
+            from torch._inductor.compile_fx import compile_fx
+
+            compiled = compile_fx(gm, [a, w, bias])
+        for got, want in zip(compiled(a, w, bias), expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    from torch._inductor import lowering
+
+    assert lowering.lowerings.get(torch.ops.mkldnn._linear_pointwise.default) is not None  # restored
+
+
+def test_a_compiled_graph_that_disagrees_with_the_traced_one_is_not_used(monkeypatch):
+    import pvae.compiled as compiled
+
+    real = compiled._compile_fx
+
+    def wrong(graph, inputs):
+        fn = real(graph, inputs)
+        return lambda *a: tuple(t + 1e-2 * (t.abs().max() + 1) for t in fn(*a))
+
+    monkeypatch.setattr(compiled, "_compile_fx", wrong)
+    said = []
+    m = vae()
+    step = CompiledStep(m, pvae.objective("elbo"), list(m.parameters()), fallback=None, say=said.append)
+    torch.manual_seed(1)
+    loss = step(X[:10])
+    assert said and "does not reproduce the traced one" in said[-1]
+    fresh = vae()
+    torch.manual_seed(1)
+    assert torch.equal(loss, eager_step(fresh, step.elbo, X[:10])[0])  # the traced graph ran: the eager numbers
+
+
+def test_compiled_evaluation_draws_what_the_eager_pass_draws_and_sees_new_weights():
+    m = vae()
+    x = X[:30]
+
+    def ll(compile):
+        torch.manual_seed(7)
+        return pvae.log_likelihood(m, x, k=40, batch_size=10, progress=False, compile=compile)
+
+    eager, compiled = ll(False), ll(True)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-3)  # random ops stay torch's: the same draws
+    with torch.no_grad():
+        m.decoder.net[2].bias += 0.5
+    eager_after, compiled_after = ll(False), ll(True)  # the kept graph, new weights
+    torch.testing.assert_close(compiled_after, eager_after, rtol=1e-4, atol=1e-3)
+    assert (compiled_after - compiled).abs().max() > 1.0  # the weights are inputs of the graph, not constants
+    r = pvae.evaluate(m, x, k=40, batch_size=10, progress=False, compile=True, units=False)
+    torch.testing.assert_close(r["log_px"].mean(), eager_after.mean(), rtol=0, atol=0.5)
+
+
+def test_compiled_evaluation_of_a_program_with_global_latents_stays_eager_and_says_so():
+    def model(x):
+        w = pyro.sample("w", dist.Normal(torch.zeros(784), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Bernoulli(logits=w).to_event(1), obs=x)
+
+    loc = torch.nn.Parameter(torch.zeros(784))
+
+    def guide(x):
+        pyro.sample("w", dist.Normal(loc, 1.0).to_event(1))
+
+    holder = torch.nn.Module()
+    holder.loc = loc
+    with pytest.warns(UserWarning, match="compiled evaluation: the pass stays eager: the program has global latents"):
+        ll = pvae.log_likelihood(model, X[:5], guide=guide, modules=[holder], k=10, progress=False, compile=True)
+    assert ll.shape == (5,)
+
+
+def test_auto_compiles_the_step_of_long_runs_only(monkeypatch):
+    import pvae.compiled as compiled
+    import pvae.train as train
+
+    built = []
+
+    class Spy(compiled.CompiledStep):
+        def __init__(self, *a, **k):
+            built.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(compiled, "CompiledStep", Spy)
+    pvae.fit(vae(), X, epochs=2, batch_size=25, progress=False)  # 4 steps: eager
+    assert not built
+    monkeypatch.setattr(train, "COMPILE_FROM", 4)
+    pvae.fit(vae(), X, epochs=2, batch_size=25, progress=False)
+    assert built == [1]
+    pvae.fit(vae(), X, epochs=2, batch_size=25, progress=False, compile=False)
+    assert built == [1]
+
+
+def test_the_command_line_compile_step_option():
+    from argparse import Namespace
+
+    from pvae.cli import compile_option
+
+    assert [compile_option(Namespace(compile=False, compile_step=v)) for v in ("auto", "on", "off")] == \
+        ["auto", "step", False]
+    assert compile_option(Namespace(compile=True, compile_step="auto")) is True
+
+
+def cpu_capture(body, static):
+    """A CPU stand-in for `pvae.compiled.cuda_capture` with its contract: capturing changes nothing
+    (the state and the random stream are restored), each replay runs the step and writes its
+    results into the same output tensors."""
+    saved, rng = [t.clone() for t in static], torch.get_rng_state()
+    outputs = [o.clone() for o in body()]
+    for t, s in zip(static, saved):
+        t.copy_(s)
+    torch.set_rng_state(rng)
+
+    def replay():
+        for o, new in zip(outputs, body()):
+            o.copy_(new)
+    return replay, outputs
+
+
+def test_the_captured_step_copies_each_batch_in_and_trains_as_the_uncaptured_one():
+    runs = {}
+    for capture in (False, True):
+        m = vae()
+        params = list(m.parameters())
+        opt = torch.optim.Adam(params, lr=1e-2)
+        step = CompiledStep(m, pvae.objective("elbo"), params, fallback=None, compile_graph=False, say=pytest.fail,
+                            optimizer=opt, capture=capture, capture_backend=cpu_capture)
+        torch.manual_seed(2)
+        losses = [step(X[i * 10:(i + 1) * 10]) for i in range(5)]  # 3 warm-up calls, a capture, replays
+        if capture:
+            graph = next(iter(step.graphs.values()))[0]
+            assert graph.replay is not None and graph.calls == 5
+            losses[-1].add_(0)  # the returned loss is a copy: the next replay does not rewrite it
+        runs[capture] = (torch.stack(losses), [p.detach().clone() for p in params])
+    assert torch.equal(runs[True][0], runs[False][0])  # every batch reached the captured graph
+    assert all(torch.equal(a, b) for a, b in zip(runs[True][1], runs[False][1]))
+
+
+def test_a_captured_step_refuses_a_moved_parameter():
+    from pvae.compiled import CapturedGraph
+
+    w = torch.ones(3)
+    graph = CapturedGraph(lambda w, x: (w * x,), dynamic={1}, backend=cpu_capture, warmup=0)
+    assert torch.equal(graph(w, torch.full((3,), 2.0))[0], torch.full((3,), 2.0))
+    assert torch.equal(graph(w, torch.full((3,), 3.0))[0], torch.full((3,), 3.0))  # copied into the buffer
+    with pytest.raises(RuntimeError, match="input 0 must be the same tensor on every call"):
+        graph(w.clone(), torch.ones(3))
