@@ -55,7 +55,7 @@ class TorchVAE(nn.Module):
     def log_weights(self, x, k):
         loc, raw = self.enc(x).chunk(2, -1)
         scale = F.softplus(raw) + 1e-4
-        z = loc + scale * torch.randn((k,) + loc.shape)
+        z = loc + scale * torch.randn((k,) + loc.shape, device=loc.device)
         log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_pz = (-0.5 * z ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)
         logits = self.dec(z)

@@ -380,6 +380,11 @@ def compile_graph(graph, inputs, state, expected, say=print, what: str = "compil
 
 
 def _compile_fx(graph, inputs):
+    import logging
+
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on every CPU machine
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.ERROR)
     try:
         from torch._inductor.compile_fx import compile_fx
     except ImportError:  # pragma: no cover - an inductor without it: through dynamo (a guard check per call)
