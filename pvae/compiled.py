@@ -101,8 +101,18 @@ class CompiledStep:
         tensors, spec = _flatten(args, kwargs)
         live = [p.detach().requires_grad_() for p in self.params]
         inputs = [p.detach() for p in self.params] + list(tensors)
+        buffers = [b.detach().clone() for b in self.pair.buffers()]
+        said: list = []  # said after the buffer check, which explains a differing recording first
         recorded = record(lambda *flat: self._loss_and_grads(*flat, spec=spec), live + list(tensors), inputs,
-                          self.say, "compile='step': the step stays eager")
+                          said.append, "compile='step': the step stays eager")
+        moved = [b for b, was in zip(self.pair.buffers(), buffers) if not torch.equal(b, was)]
+        with torch.no_grad():
+            for b, was in zip(self.pair.buffers(), buffers):
+                b.copy_(was)  # recording is not a training step
+        if moved:
+            self.say("compile='step': the step stays eager: a step updates the module's buffers (BatchNorm running "
+                     "statistics?), which a recorded graph would hold fixed")
+            return None
         if recorded is None:
             return None
         graph, state, replay = recorded

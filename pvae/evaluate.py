@@ -18,6 +18,7 @@ E_q[log q(z|x) - log p(z)] terms, the importance-sampling effective sample size
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 
@@ -27,6 +28,7 @@ from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 
 from .inputs import Inputs, arrange, own_model
+from .nets import flush_denormals
 from .pair import as_pair, device_of
 from .program import Program, analyse, fix_globals, in_plate, log_weight_terms
 from .progress import bar as progress_bar
@@ -78,8 +80,9 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     pair.eval()
     bar = progress_bar(total=n, desc=desc, progress=progress, unit="x")
     program, fixed, compiled = None, None, None
+    denormals = flush_denormals() if device.type == "cpu" else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), denormals:
             for start in range(0, n, batch_size):
                 args, kwargs = inputs.take(slice(start, start + batch_size), device=device)
                 if program is None:
