@@ -676,8 +676,8 @@ def parser() -> argparse.ArgumentParser:
                    help="arithmetic of the nets (log-densities stay float32)")
     t.add_argument("--compile", action="store_true", help="torch.compile the nets")
     t.add_argument("--compile-step", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
-                   help="trace and compile the whole training step once per batch shape; auto: for runs of 1000 "
-                        "steps or more (docs/training.md)")
+                   help="trace and compile the whole training step once per batch shape; auto: when the first 5 "
+                        "steps show the run long enough for compiling to pay (docs/training.md)")
     t.add_argument("--clip-grad", type=_real(0, open_low=True), default=None, help="clip the gradients' global norm")
     t.add_argument("--eval-k", type=NATURAL, default=5000, help="importance samples for test log p(x) (0: skip)")
     _add_run_args(t, "train")

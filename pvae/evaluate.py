@@ -36,9 +36,10 @@ from .validate import check_positive_int
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
-#: ``compile=None`` compiles the evaluation pass from this many particles x datapoints on (about
-#: 15 s of eager evaluation for the IWAE paper's net on 2 CPU cores; compiling takes 3-6 s)
-COMPILE_FROM = 2_000_000
+#: ``compile=None`` compiles the evaluation pass from this many particles x datapoints on (1,000
+#: images at k = 5000: about 44 s of eager evaluation for the IWAE paper's net on 2 CPU cores,
+#: 17 s compiled; compiling takes 4-25 s, the most with inductor's caches cold)
+COMPILE_FROM = 5_000_000
 
 
 def _eval_inputs(data, pair, labels=None) -> Inputs:
@@ -79,7 +80,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     was_training = pair.training
     pair.eval()
     bar = progress_bar(total=n, desc=desc, progress=progress, unit="x")
-    program, fixed, compiled = None, None, None
+    program, fixed, compiled, sized = None, None, None, False
     denormals = flush_denormals() if device.type == "cpu" else contextlib.nullcontext()
     try:
         with torch.no_grad(), denormals:
@@ -92,6 +93,10 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     compiled = _compiled_terms(pair, program, fixed, compile, n * k)
                 parts, c = [], 0
                 while c < k:
+                    measure = device.type == "cuda" and not sized  # the first pass on a GPU sizes the others
+                    if measure:
+                        torch.cuda.reset_peak_memory_stats(device)
+                        base = torch.cuda.memory_allocated(device)
                     try:
                         with poutine.block():
                             t = None if compiled is None else compiled(args, kwargs, min(chunk, k - c))
@@ -106,6 +111,11 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                             torch.cuda.empty_cache()
                         continue
                     parts.append(tuple(u if on_device else u.cpu() for u in t[:3]))
+                    if measure:
+                        pairs = t[0].shape[0] * t[0].shape[1]
+                        per_pair = (torch.cuda.max_memory_allocated(device) - base) / pairs
+                        chunk, sized = chunk_for_memory(torch.cuda.mem_get_info(device)[0], per_pair,
+                                                        t[0].shape[1], k, chunk), True
                     c += t[0].shape[0]
                 yield start, tuple(torch.cat(p, 0) for p in zip(*parts))
                 bar.update(min(batch_size, n - start))
@@ -116,6 +126,16 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     finally:
         bar.close()
         pair.train(was_training)
+
+
+def chunk_for_memory(free_bytes: int, bytes_per_pair: float, batch: int, k: int, chunk: int,
+                     share: float = 0.25) -> int:
+    """Particles per pass on a GPU: as many as fit in ``share`` of the free memory, at the
+    ``bytes_per_pair`` one pass was measured to need per particle-datapoint pair, for a batch of
+    ``batch`` datapoints; between the CPU-sized ``chunk`` and ``k``. (On the CPU chunks stay at
+    `PARTICLES_PER_PASS` pairs: bigger ones only cost cache misses.)"""
+    fits = int(share * free_bytes / max(bytes_per_pair, 1.0) / max(batch, 1))
+    return max(chunk, min(k, fits))
 
 
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pair -> its CompiledTerms

@@ -134,10 +134,40 @@ def _check_args(objective, epochs, batch_size, lr, seed, warmup_epochs, clip_gra
 
 
 #: the training settings a resumed run must share with the run it continues
-#: ``compile="auto"`` compiles the step of runs this many steps long (10 epochs of 10,000 images at
-#: batch 100): compiling takes 3-6 s per batch shape on 2 CPU cores, and the compiled step saves
-#: about 3 ms of every 6 for the IWAE paper's net (benchmarks/README.md)
-COMPILE_FROM = 1000
+#: ``compile="auto"`` compiles the step when the rest of the run, at the speed of its first eager
+#: steps, would take at least this many seconds: compiling takes 5-25 s per batch shape on 2 CPU
+#: cores (25 s with inductor's caches cold), and the compiled step takes 0.45-0.6x the eager
+#: step's time for the IWAE paper's net (benchmarks/README.md), so it pays from about a minute on
+COMPILE_PAYS_FROM = 60.0
+
+
+class AutoStep:
+    """``compile="auto"``: the first ``probe`` steps run eager and are timed; if the remaining
+    ``steps`` at that speed would take `COMPILE_PAYS_FROM` seconds or more, the compiled step
+    (``build()``) takes over. ``grad_norm`` and ``updated`` are the active step's."""
+
+    def __init__(self, eager, build, steps: int, device, probe: int = 5):
+        self.eager, self.build, self.steps, self.device, self.probe = eager, build, steps, device, probe
+        self.active, self.seconds, self.calls = eager, 0.0, 0
+
+    grad_norm = property(lambda self: getattr(self.active, "grad_norm", None))
+    updated = property(lambda self: getattr(self.active, "updated", False))
+
+    def __call__(self, *args, **kwargs):
+        if self.calls >= self.probe:
+            return self.active(*args, **kwargs)
+        self.calls += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        loss = self.eager(*args, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self.calls > 1:  # the first step pays one-time costs
+            self.seconds += time.perf_counter() - t0
+        if self.calls == self.probe and self.seconds / (self.probe - 1) * (self.steps - self.probe) >= COMPILE_PAYS_FROM:
+            self.active = self.build()
+        return loss
 
 RESUMED = ("objective", "k", "alpha", "batch_size", "lr", "seed", "warmup_epochs", "clip_grad")
 
@@ -338,8 +368,8 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             float32); see [`pvae.nets.accelerate`][pvae.nets.accelerate].
         compile: ``"step"``: trace the whole step (loss, gradients and the Adam update) once per
             input shape and compile it (see [`pvae.compiled`][pvae.compiled]; what cannot be traced
-            stays eager, said in one line); ``"auto"`` (the default): ``"step"`` for runs of at
-            least `COMPILE_FROM` steps, where the few seconds of compiling pay; ``False``: eager;
+            stays eager, said in one line); ``"auto"`` (the default): ``"step"`` once the first
+            steps show the run long enough for compiling to pay (`AutoStep`); ``False``: eager;
             ``True``: ``torch.compile`` pvae's nets in place (an older, smaller mean).
         flush_denormal: on the CPU, flush denormal floats to zero while training (restored
             afterwards): tiny values late in training otherwise slow every op (IWAE k=50).
@@ -476,9 +506,12 @@ def _fit_epochs(v: dict) -> None:
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)
-        if v["compile"] == "step" or (v["compile"] == "auto" and (epochs - v["start_epoch"]) * steps >= COMPILE_FROM
-                                      and device.type in ("cpu", "cuda")):
+        if v["compile"] == "step":
             step_loss = _compiled(pair, elbo, v["params"], step_loss, ctx, warmup_epochs, optimizer, v["clip_grad"])
+        elif v["compile"] == "auto" and device.type in ("cpu", "cuda"):
+            eager, total = step_loss, (epochs - v["start_epoch"]) * steps
+            step_loss = AutoStep(eager, lambda: _compiled(pair, elbo, v["params"], eager, ctx, warmup_epochs, optimizer,
+                                                          v["clip_grad"]), total, device)
         for epoch in range(v["start_epoch"], epochs):
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=shuffle).to(device)

@@ -269,7 +269,7 @@ def test_compiled_evaluation_of_a_program_with_global_latents_stays_eager_and_sa
     assert ll.shape == (5,)
 
 
-def test_auto_compiles_the_step_of_long_runs_only(monkeypatch):
+def test_auto_compiles_the_step_once_its_first_steps_show_that_compiling_pays(monkeypatch):
     import pvae.compiled as compiled
     import pvae.train as train
 
@@ -281,12 +281,12 @@ def test_auto_compiles_the_step_of_long_runs_only(monkeypatch):
             super().__init__(*a, **k)
 
     monkeypatch.setattr(compiled, "CompiledStep", Spy)
-    pvae.fit(vae(), X, epochs=2, batch_size=25, progress=False)  # 4 steps: eager
+    pvae.fit(vae(), X, epochs=2, batch_size=10, progress=False)  # 10 steps of ~1 ms: far from paying
     assert not built
-    monkeypatch.setattr(train, "COMPILE_FROM", 4)
-    pvae.fit(vae(), X, epochs=2, batch_size=25, progress=False)
-    assert built == [1]
-    pvae.fit(vae(), X, epochs=2, batch_size=25, progress=False, compile=False)
+    monkeypatch.setattr(train, "COMPILE_PAYS_FROM", 0.0)  # any run pays
+    h = pvae.fit(vae(), X, epochs=2, batch_size=10, progress=False, test=X)
+    assert built == [1] and h[-1]["test_elbo"] > h[0]["test_elbo"] - 5  # 5 eager steps, then compiled ones
+    pvae.fit(vae(), X, epochs=2, batch_size=10, progress=False, compile=False)
     assert built == [1]
 
 
@@ -376,3 +376,13 @@ def test_a_program_whose_step_updates_buffers_stays_eager_with_one_line():
         assert any("a step updates the module's buffers" in str(w.message) for w in said) == bool(compile), [str(w.message) for w in said]
         counted[compile] = m.enc[1].num_batches_tracked.item()
     assert counted["step"] == counted[False]  # the recording's forward pass is not counted as a batch
+
+
+def test_gpu_chunks_fill_a_quarter_of_the_free_memory_within_the_cpu_chunk_and_k():
+    from pvae.evaluate import chunk_for_memory
+
+    gib = 2 ** 30
+    # 40 GiB free, 8 KiB per particle-datapoint pair, batch 100: a quarter of 40 GiB holds 13,107 particles
+    assert chunk_for_memory(40 * gib, 8192, 100, 50_000, 200) == 13_107
+    assert chunk_for_memory(40 * gib, 8192, 100, 5000, 200) == 5000  # never beyond k
+    assert chunk_for_memory(1 * gib, 8 * 2 ** 20, 100, 5000, 200) == 200  # never below the pass that fit
