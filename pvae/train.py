@@ -29,13 +29,14 @@ from pyro import poutine
 
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, load_state, restore_store_params, save_checkpoint, write_text
 from .data import binarize as binarize_x
+from .faults import FaultPolicy, nonfinite_params
 from .handlers import scale_latents
 from .inputs import Inputs, arrange, own_model
 from .nets import accelerate, flush_denormals
 from .objectives import check_objective, configure, objective as make_objective
 from .pair import as_pair
 from .program import Program, analyse, fix_globals, log_weight_terms, store_params, untrained_leaves
-from .distributed import Context, all_true, launched, setup, sum_all, wrap
+from .distributed import Context, launched, setup, sum_all, wrap
 from .progress import bar as progress_bar, say
 from .runs import RunLock, dumps, prepare
 from .validate import check_number, check_positive_int, out_of_memory
@@ -178,66 +179,6 @@ def _check_resume(saved: dict, given: dict, path) -> None:
         if key in saved and saved[key] != given[key] and not (key == "alpha" and "renyi" not in str(given["objective"])):
             raise ValueError(f"resume: {key}={given[key]!r} differs from the run's {key}={saved[key]!r} in {path}; "
                              f"pass {key}={saved[key]!r} to continue it, or start a new run to change it")
-
-
-def _nonfinite_params(pair, extra: dict) -> list:
-    named = list(pair.named_parameters()) + list(extra.items())
-    return [name for name, p in named if not bool(torch.isfinite(p).all())]
-
-
-class FaultPolicy:
-    """What a non-finite loss or gradient does: ``"stop"`` raises a ``FloatingPointError`` naming
-    the epoch and step, ``"skip"`` drops the batch and halves the learning rate (10 in a row stop).
-
-    On the CPU (and whenever ranks must agree) the check runs before every optimizer step, so the
-    parameters never see a bad gradient; with ``deferred=True`` (a single GPU) the first bad step
-    is kept on the device and read every 50 steps and at the end of the epoch: no host sync per step.
-    """
-
-    def __init__(self, mode: str, ctx, deferred: bool):
-        self.mode, self.ctx, self.deferred = mode, ctx, deferred
-        self.skipped_in_a_row = 0
-        self.first_bad = None
-        self.saved = None  # (path, epoch) of the last checkpoint written or resumed from
-
-    def kept(self) -> str:
-        """What is true of the checkpoints after a fault."""
-        if self.saved is None:
-            return "no checkpoint was written (run_dir=None)"
-        path, epoch = self.saved
-        if epoch == 0:
-            return f"no epoch finished, so {path.parent} holds no checkpoint"
-        return f"the last good checkpoint (epoch {epoch}) in {path.parent} is kept"
-
-    def _fail(self, epoch, step, what="non-finite loss or gradient"):
-        raise FloatingPointError(f"{what} at epoch {epoch + 1}, step {step}; {self.kept()}")
-
-    def start_epoch(self, device):
-        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
-
-    def allows_step(self, finite: torch.Tensor, optimizer, epoch: int, step: int) -> bool:
-        """True to take the optimizer step; False to skip this batch (or to end a deferred epoch)."""
-        if self.deferred:
-            self.first_bad = torch.where((self.first_bad < 0) & ~finite, step + 1, self.first_bad)
-            return not (step % 50 == 49 and int(self.first_bad) >= 0)
-        if all_true(finite, self.ctx):
-            self.skipped_in_a_row = 0
-            return True
-        if self.mode == "stop":
-            self._fail(epoch, step + 1)
-        self.skipped_in_a_row += 1
-        for group in optimizer.param_groups:
-            group["lr"] *= 0.5
-        if self.ctx.main:
-            say(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient, batch skipped, lr halved "
-                       f"to {optimizer.param_groups[0]['lr']:.3g}")
-        if self.skipped_in_a_row >= 10:
-            self._fail(epoch, step + 1, "10 non-finite steps in a row")
-        return False
-
-    def end_epoch(self, epoch: int):
-        if self.deferred and int(self.first_bad) >= 0:
-            self._fail(epoch, int(self.first_bad))
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
@@ -522,7 +463,7 @@ def _fit_epochs(v: dict) -> None:
                 if warmup_epochs else 1.0, steps=steps)
             record = {"epoch": epoch + 1, "train_loss": float(total) / max(seen, 1),
                       "seconds": time.perf_counter() - t0, "kl_scale": kl_scale}
-            bad = _nonfinite_params(pair, extra)
+            bad = nonfinite_params(pair, extra)
             if bad:  # e.g. a finite gradient times an inf learning rate: never saved as a good checkpoint
                 raise FloatingPointError(f"parameters became non-finite during epoch {epoch + 1} ({bad[0]}"
                                          f"{', ...' if len(bad) > 1 else ''}); {faults.kept()}")
