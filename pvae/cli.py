@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -804,11 +805,20 @@ SIZES = {"train": ("k", "batch_size", "latent_dim", "hidden"), "compare": ("batc
          "eval": ("k",), "sample": ("n",), "apply": ("k",), "bdmc": ("n", "chains"), "demo": ("eval_k",)}
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    """A warning on the command line: one line, ``pvae: warning: ...`` (not Python's file, line and
+    source)."""
+    print(f"pvae: warning: {str(message).splitlines()[0] if str(message) else category.__name__}",
+          file=file or sys.stderr)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args._given = _given(argv)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line
     try:
         if getattr(args, "device", None) is not None:
             from .train import resolve_device
@@ -834,6 +844,7 @@ def main(argv=None) -> int:
         print(f"pvae: error: {oom or _line(e)}", file=sys.stderr)
         return 2
     finally:
+        warnings.showwarning = shown
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0

@@ -386,3 +386,13 @@ def test_gpu_chunks_fill_a_quarter_of_the_free_memory_within_the_cpu_chunk_and_k
     assert chunk_for_memory(40 * gib, 8192, 100, 50_000, 200) == 13_107
     assert chunk_for_memory(40 * gib, 8192, 100, 5000, 200) == 5000  # never beyond k
     assert chunk_for_memory(1 * gib, 8 * 2 ** 20, 100, 5000, 200) == 200  # never below the pass that fit
+
+
+def test_the_command_line_says_a_fallback_in_one_line(tmp_path, capsys):
+    from pvae.cli import main
+
+    assert main(["train", "--model", "gumbel", "--num-vars", "4", "--n-train", "100", "--n-test", "20", "--epochs", "1",
+                 "--hidden", "16", "--eval-k", "0", "--quiet", "--compile-step", "on",
+                 "--run-dir", str(tmp_path / "r")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "compile" in line]
+    assert err == ["pvae: warning: compile='step': the step stays eager: the model anneals a value every step"]
