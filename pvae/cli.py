@@ -14,8 +14,8 @@ import math
 import os
 import signal
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 from .data import BINARIZE, EMBEDDED, load_dataset

@@ -10,18 +10,22 @@ lets XLA compile the whole step. ``pvae.fit(..., compile="step")`` does the same
 2. the graph is replayed once under the random state of an eager step, and must give the eager
    loss and gradients *bit for bit*; else the program has control flow that depends on the data,
    and the step stays eager (one line says so);
-3. the graph is compiled by inductor, and each step calls it. Its random draws are random ops in
-   the graph, fresh on every call.
+3. with ``fit``'s Adam optimizer, the Adam update (clipping included, skipped where the loss or
+   gradient norm is not finite) joins the graph, on the optimizer's own state tensors;
+4. the graph is compiled by inductor (products on the faster of MKL and oneDNN, see
+   [`pvae.matmul`][pvae.matmul]) and must reproduce the recorded graph; each step calls it. Its
+   random draws are torch's own random ops, fresh on every call. On CUDA it is captured in one
+   CUDA graph after warm-up (`CapturedGraph`).
 
-A graph is kept per input shape (a last partial batch gets its own). The optimizer step, gradient
-clipping and the non-finite check stay as they are.
+A graph is kept per input shape (a last partial batch gets its own). `CompiledTerms` does the
+same for evaluation's pass of log-weights.
 
 What keeps a step eager, each said in one line: an objective whose loss is not a pure tensor
 function (Pyro's ``Trace_ELBO`` calls ``.item()``; the ``"elbo"`` objective is therefore computed
 as pvae's per-datapoint ELBO, which has the same value and gradient wherever every latent is
 reparameterized), KL warm-up or a model's ``anneal`` schedule (a value that changes every step),
-parameters in Pyro's param store, multi-process training, and a traced step that differs from the
-eager one.
+parameters in Pyro's param store, multi-process training, a step that updates module buffers
+(BatchNorm running statistics), and a traced step that differs from the eager one.
 """
 
 from __future__ import annotations
@@ -116,10 +120,9 @@ class CompiledStep:
         if recorded is None:
             return None
         graph, state, replay = recorded
-        updating = self.optimizer is not None
-        slack = None
+        updating, n, slack = self.optimizer is not None, len(self.params), None
         if updating:  # the Adam step joins the graph: one program per step
-            n, lr = len(self.params), float(self.optimizer.param_groups[0]["lr"])
+            lr = float(self.optimizer.param_groups[0]["lr"])
             graph, inputs, replay = self._with_update(graph, inputs, state)
             slack = [0.0] * (len(replay) - len(inputs)) + [2.0 * lr] * n + [0.0] * (len(inputs) - n)
         if self.compile_graph:
@@ -127,7 +130,6 @@ class CompiledStep:
         _set_rng_state(state)  # the step itself draws afresh
         capture = self.capture if self.capture is not None else inputs[0].device.type == "cuda"
         if updating and capture:  # one CUDA graph per step: params and Adam state stay where they are
-            n = len(self.params)
             batch = set(range(n, n + len(tensors))) | {len(inputs) - 1}  # the batch and the learning rate
             graph = CapturedGraph(graph, batch, backend=self.capture_backend or cuda_capture)
         return graph, updating
@@ -158,7 +160,8 @@ class CompiledStep:
     def _with_update(self, graph, inputs, state):
         """``graph`` (loss and gradients) followed by the Adam step, recorded as one graph of
         ``(*params, *tensors, *adam_state, lr)`` that updates params and state in place and returns
-        ``(loss, grad_norm)``; with the inputs and the outputs expected for them."""
+        ``(loss, grad_norm, *bias_correction_scalars)``; with the inputs and the outputs expected
+        for them."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
         n, group = len(self.params), self.optimizer.param_groups[0]
@@ -202,7 +205,8 @@ class CompiledStep:
     def __call__(self, *args, **kwargs):
         if self.blocked:
             return self.fallback(*args, **kwargs)
-        key = _key(args, kwargs)
+        tensors, spec = _flatten(args, kwargs)
+        key = _key(tensors, spec)
         if key not in self.graphs:
             self.graphs[key] = self._build(args, kwargs)
         built = self.graphs[key]
@@ -210,7 +214,6 @@ class CompiledStep:
             self.grad_norm, self.updated = None, False
             return self.fallback(*args, **kwargs)
         graph, updating = built
-        tensors, _ = _flatten(args, kwargs)
         inputs = [p.detach() for p in self.params] + list(tensors)
         with torch.no_grad():
             if updating:
@@ -330,8 +333,8 @@ class CompiledTerms:
         return t.log_px_z, t.log_pz, t.log_qz
 
     def __call__(self, args, kwargs, k: int):
-        key = (k,) + _key(args, kwargs)
         tensors, spec = _flatten(args, kwargs)
+        key = (k,) + _key(tensors, spec)
         inputs = self._state() + list(tensors)
         if key not in self.graphs:
             recorded = record(lambda *flat: self._terms(*flat, spec=spec, k=k), inputs, inputs, self.say,
@@ -435,6 +438,6 @@ def _unflatten(tensors, spec):
     return tuple(tensors[:n]), dict(zip(keys, tensors[n:]))
 
 
-def _key(args, kwargs):
-    tensors, spec = _flatten(args, kwargs)
+def _key(tensors, spec):
+    """What a graph is kept for: the call's structure and each input's shape, dtype and device."""
     return (spec[0], tuple(spec[1])) + tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors)

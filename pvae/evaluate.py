@@ -142,7 +142,8 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pair -> 
 
 
 def _compiled_terms(pair, program, fixed, compile, work: int):
-    """The pair's compiled evaluation pass (kept on the pair, so later calls reuse its graphs), or None."""
+    """The pair's compiled evaluation pass (kept per pair in `_COMPILED`, so later calls reuse its
+    graphs), or None."""
     if compile is False or (compile is None and work < COMPILE_FROM):
         return None
     import warnings

@@ -134,7 +134,6 @@ def _check_args(objective, epochs, batch_size, lr, seed, warmup_epochs, clip_gra
         check_positive_int("eval_k", eval_k)
 
 
-#: the training settings a resumed run must share with the run it continues
 #: ``compile="auto"`` compiles the step when the rest of the run, at the speed of its first eager
 #: steps, would take at least this many seconds: compiling takes 5-25 s per batch shape on 2 CPU
 #: cores (25 s with inductor's caches cold), and the compiled step takes 0.45-0.6x the eager
@@ -170,6 +169,7 @@ class AutoStep:
             self.active = self.build()
         return loss
 
+#: the training settings a resumed run must share with the run it continues
 RESUMED = ("objective", "k", "alpha", "batch_size", "lr", "seed", "warmup_epochs", "clip_grad")
 
 
