@@ -70,9 +70,12 @@ def test_the_captured_step_trains_as_the_eager_one_on_cuda(objective):
         m = pvae.VAE(x_shape=(784,), latent_dim=8, hidden=(64,))
         h[compile] = pvae.fit(m, x[:300], objective=objective, epochs=4, batch_size=40, lr=1e-2, device="cuda",
                               test=x[300:], compile=compile, progress=False)  # 8 steps an epoch: captured
-    eager, compiled = h[False][-1]["test_elbo"], h["step"][-1]["test_elbo"]
-    assert compiled > h["step"][0]["test_elbo"]
-    assert abs(compiled - eager) < 0.02 * abs(eager), (eager, compiled)
+    # noise data: the training loss falls, the test ELBO need not; the captured run follows the eager
+    # one epoch by epoch (measured on an H200: within 0.001 nats)
+    assert h["step"][-1]["train_loss"] < h["step"][0]["train_loss"]
+    for eager, compiled in zip(h[False], h["step"]):
+        assert abs(compiled["test_elbo"] - eager["test_elbo"]) < 0.01, (eager, compiled)
+        assert abs(compiled["train_loss"] - eager["train_loss"]) < 0.01, (eager, compiled)
 
 
 def test_compiled_evaluation_on_cuda_draws_what_the_eager_pass_draws():
