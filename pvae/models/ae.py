@@ -61,12 +61,14 @@ class AE(PyroVAE):
         return self.decoder(z).reshape(z.shape[:-1] + (self.likelihood.num_params,) + self.x_shape)
 
     def model(self, x=None, n=None):
+        self.register()
         n = x.shape[0] if x is not None else n
         with pyro.plate("data", n):
             z = pyro.sample("z", self.prior(n))
             return pyro.sample("x", self.likelihood(self.decoder_params(z)), obs=x)
 
     def guide(self, x, n=None):
+        self.register()
         if self.training and self.noise > 0:  # denoising: encode a corrupted copy
             x = x * (torch.rand_like(x) >= self.noise)
         with pyro.plate("data", x.shape[0]):

@@ -72,6 +72,7 @@ class ConditionalVAE(PyroVAE):
 
     # -- p(z|y) p(x|z,y) and q(z|x,y) -------------------------------------------------------------------
     def model(self, x=None, y=None, n=None):
+        self.register()
         e = self.one_hot(y)
         with pyro.plate("data", e.shape[0]):
             with poutine.scale(scale=self.beta):
@@ -79,6 +80,7 @@ class ConditionalVAE(PyroVAE):
             return pyro.sample("x", self.likelihood(self.decoder_params(z, e)), obs=x)
 
     def guide(self, x, y=None, n=None):
+        self.register()
         e = self.one_hot(y)
         h = self.encoder(torch.cat([x.reshape(x.shape[0], -1), e], -1))
         with pyro.plate("data", x.shape[0]):

@@ -144,12 +144,14 @@ class GumbelSoftmaxVAE(PyroVAE):
 
     # -- p(c) p(x|c) and q(c|x) -------------------------------------------------------------------------
     def model(self, x=None, n=None):
+        self.register()
         n = x.shape[0] if x is not None else n
         with pyro.plate("data", n):
             c = pyro.sample("c", self.prior(n))
             return pyro.sample("x", self.likelihood(self.decoder_params(c)), obs=x)
 
     def guide(self, x, n=None):
+        self.register()
         with pyro.plate("data", x.shape[0]):
             return pyro.sample("c", self.posterior(x))
 

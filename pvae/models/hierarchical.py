@@ -110,6 +110,7 @@ class HierarchicalVAE(PyroVAE):
 
     # -- p(z_L) p(z_{L-1}|z_L) ... p(x|z_1) ----------------------------------------------------------
     def model(self, x=None, n=None):
+        self.register()
         n = x.shape[0] if x is not None else n
         L = len(self.latent_dims)
         with pyro.plate("data", n):
@@ -123,6 +124,7 @@ class HierarchicalVAE(PyroVAE):
 
     # -- q(z_1..z_L | x) ------------------------------------------------------------------------------
     def guide(self, x, n=None):
+        self.register()
         L = len(self.latent_dims)
         with pyro.plate("data", x.shape[0]):
             if self.inference == "bottom-up":

@@ -95,6 +95,7 @@ class SemiSupervisedVAE(PyroVAE):
 
     # -- p(y) p(z) p(x|y,z) and q(y|x) q(z|x,y) ---------------------------------------------------------
     def model(self, x, y=None):
+        self.register()
         n, C = x.shape[0], self.num_classes
         e, known = self.labels(y, n)
         with pyro.plate("data", n):
@@ -106,6 +107,7 @@ class SemiSupervisedVAE(PyroVAE):
                 pyro.factor("classify", self.classifier_weight * log_q * known)
 
     def guide(self, x, y=None):
+        self.register()
         n = x.shape[0]
         with pyro.plate("data", n):
             label = pyro.sample("y", dist.OneHotCategorical(logits=self.label_posterior(x, y)),

@@ -107,12 +107,14 @@ class StructuredCVAE(PyroVAE):
 
     # -- p(z|v) p(h|z,v) and q(z|v,h) ----------------------------------------------------------------
     def model(self, x):
+        self.register()
         v, h = self.split(x)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(v)) if self.latent_dim else None
             return pyro.sample("x", self.likelihood(self.decoder_params(z, v)), obs=h)
 
     def guide(self, x):
+        self.register()
         if self.latent_dim:
             with pyro.plate("data", x.shape[0]):
                 return pyro.sample("z", self.q(self.encoder(x.reshape(x.shape[0], -1))))

@@ -99,6 +99,7 @@ class VAE(PyroVAE):
 
     def model(self, x=None, n=None):
         """p(z) p(x|z). With ``x=None``, generates ``n`` datapoints (site ``"x"`` is sampled)."""
+        self.register()
         n = x.shape[0] if x is not None else n
         with pyro.plate("data", n):
             with poutine.scale(scale=self.beta):
@@ -107,6 +108,7 @@ class VAE(PyroVAE):
 
     def guide(self, x, n=None):
         """q(z|x) = N(mu(x), diag sigma(x)^2)."""
+        self.register()
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=self.beta):
                 return pyro.sample("z", self.q(self.encoder(x)))

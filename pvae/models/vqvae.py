@@ -87,6 +87,7 @@ class VQVAE(PyroVAE):
         return out.reshape(z.shape[:-2] + (self.likelihood.num_params,) + self.x_shape)
 
     def model(self, x=None, n=None):
+        self.register()
         n = x.shape[0] if x is not None else n
         with pyro.plate("data", n):
             z = pyro.sample("z", dist.ImproperUniform(dist.constraints.real, (n,),
@@ -94,6 +95,7 @@ class VQVAE(PyroVAE):
             return pyro.sample("x", self.likelihood(self._decoder_params(z)), obs=x)
 
     def guide(self, x, n=None):
+        self.register()
         z_e = self.encoder(x)
         e = self.codebook[self.nearest(z_e)]
         codebook_loss = (z_e.detach() - e).pow(2).sum((-2, -1))
