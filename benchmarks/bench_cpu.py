@@ -119,7 +119,7 @@ def means(x):
     xe = torch.bernoulli(x[-200:])
     lls = {}
     for prec in ("fp32", "bf16"):
-        pvae.nets.accelerate(m, prec)
+        pvae.nn.nets.accelerate(m, prec)
         torch.manual_seed(1)
         lls[prec] = pvae.log_likelihood(m, xe, k=500, progress=False)
     d = (lls["bf16"] - lls["fp32"]).abs()

@@ -57,7 +57,7 @@ def main():
         t0 = time.perf_counter()
         b = pvae.bdmc(m, n=args.n_bdmc, steps=args.steps, chains=args.chains, progress=False)
         bdmc_s = time.perf_counter() - t0
-        from pvae.evaluate import standard_error as se
+        from pvae.infer.importance import standard_error as se
         rows.append((spec, train_s, ev["summary"]["log_px"], ev["summary"]["log_px_se"], float(is_sub.mean()),
                      se(is_sub), float(ais.mean()), se(ais), float((ais - is_sub).mean()), se(ais - is_sub),
                      ev["summary"]["khat_gt_0_7"], b["summary"]["lower"], b["summary"]["upper"], b["summary"]["gap"],

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import pvae
-from pvae.evaluate import standard_error
+from pvae.infer.importance import standard_error
 
 
 def main(argv=None):

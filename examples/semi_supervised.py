@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 import pvae
 from pvae.data import semi_supervised
-from pvae.nets import MLP
+from pvae.nn.nets import MLP
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--dataset", default="fashion-mnist-sample")

@@ -7,25 +7,45 @@
 >>> ll = pvae.log_likelihood(m, test, k=5000)                              # doctest: +SKIP
 """
 
-from . import callbacks
-from .ais import bdmc
-from .applications import anomaly_scores, auroc, corrupt, inpaint
-from .checkpoint import load, load_checkpoint, save_checkpoint
-from .code_prior import fit_code_prior
-from .compare import compare
-from .data import Data, load_dataset
-from .disentangle import mig
-from .evaluate import active_units, ess, evaluate, log_likelihood, posterior_means, psis_khat
-from .handlers import scale_latents
-from .models import AE, MODELS, GumbelSoftmaxVAE, VAE, VQVAE, ConditionalVAE, HierarchicalVAE, PyroVAE, SemiSupervisedVAE, StructuredCVAE
-from .objectives import (CombinationIWAE, DReGIWAE, ImportanceWeightedELBO, MultiImportanceWeightedELBO,
-                         PartialIWAE, PyroRenyiELBO, StickingTheLandingELBO, log_weight_terms, objective)
-from .pair import ModelGuide
-from .presets import PRESETS, preset
-from .priors import aggregate_kl
-from .report import report
-from .samplers import fit_sampler
-from .train import History, fit
+from pvae.analysis.applications import anomaly_scores, auroc, corrupt, inpaint
+from pvae.analysis.disentangle import mig
+from pvae.analysis.evaluation import active_units, evaluate, posterior_means, psis_khat
+from pvae.analysis.report import report
+from pvae.analysis.samplers import fit_sampler
+from pvae.data.datasets import Data, load_dataset
+from pvae.infer.bdmc import bdmc
+from pvae.infer.handlers import scale_latents
+from pvae.infer.importance import ess, log_likelihood
+from pvae.infer.iwae import (
+    CombinationIWAE,
+    ImportanceWeightedELBO,
+    MultiImportanceWeightedELBO,
+)
+from pvae.infer.objectives import objective
+from pvae.infer.pair import ModelGuide
+from pvae.infer.program import log_weight_terms
+from pvae.infer.renyi import PyroRenyiELBO
+from pvae.infer.surrogate import DReGIWAE, PartialIWAE, StickingTheLandingELBO
+from pvae.models import (
+    AE,
+    MODELS,
+    VAE,
+    VQVAE,
+    ConditionalVAE,
+    GumbelSoftmaxVAE,
+    HierarchicalVAE,
+    PyroVAE,
+    SemiSupervisedVAE,
+    StructuredCVAE,
+)
+from pvae.models.presets import PRESETS, preset
+from pvae.nn.priors import aggregate_kl
+from pvae.training import callbacks
+from pvae.training.checkpoint import load, load_checkpoint, save_checkpoint
+from pvae.training.code_prior import fit_code_prior
+from pvae.training.compare import compare
+from pvae.training.fit import fit
+from pvae.training.history import History
 
 __version__ = "0.1.0"
 
@@ -41,9 +61,9 @@ __all__ = [
 
 
 def __getattr__(name):
-    # pvae.plots on first use: matplotlib is not imported with pvae
+    # pvae.plots (pvae.analysis.plots) on first use: matplotlib is not imported with pvae
     if name == "plots":
         import importlib
 
-        return importlib.import_module(".plots", __name__)
+        return importlib.import_module(".analysis.plots", __name__)
     raise AttributeError(f"module 'pvae' has no attribute {name!r}")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import pvae
-from pvae.ais import Target, bdmc, hmc, schedule
-from pvae.evaluate import mc_standard_error
-from pvae.program import analyse
+from pvae.infer.ais import Target, hmc, schedule
+from pvae.infer.bdmc import bdmc
+from pvae.infer.importance import mc_standard_error
+from pvae.infer.program import analyse
 
 from linear_gaussian import PPCA
 from programs import LinearGaussian
@@ -119,7 +120,7 @@ def test_mc_standard_error_matches_the_spread_of_repeated_estimates(ppca):
     m, x = ppca
     m.set_guide(mean_shift=0.3, scale_factor=1.5)
     reps = torch.stack([pvae.log_likelihood(m, x[:5], k=50, progress=False) for _ in range(200)])
-    from pvae.objectives import log_weight_terms
+    from pvae.infer.program import log_weight_terms
 
     with torch.no_grad():
         lw = log_weight_terms(m.model, m.guide, x[:5], num_particles=50).log_weights

@@ -159,12 +159,12 @@ def test_apply_anomaly_denoise_inpaint(tmp_path, capsys):
 
 
 def test_an_iaf_run_reports_and_a_failing_figure_costs_only_itself(tmp_path, capsys, monkeypatch):
-    import pvae.plots
+    import pvae.analysis.plots
 
     def broken(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(pvae.plots, "latent_space", broken)
+    monkeypatch.setattr(pvae.analysis.plots, "latent_space", broken)
     run = tmp_path / "iaf"
     assert main(["train", "--guide", "iaf", "--n-train", "200", "--n-test", "20", "--epochs", "1", "--eval-k", "10",
                  "--latent-dim", "4", "--hidden", "16", "--run-dir", str(run), "--quiet"]) == 0
@@ -193,7 +193,7 @@ def test_eval_with_ais_and_bdmc_from_the_command_line(tmp_path, capsys):
 def test_results_table_is_valid_markdown_with_pipes_in_its_labels():
     import re
 
-    from pvae.report import ROWS, results_table
+    from pvae.analysis.report import ROWS, results_table
 
     table = results_table({key: 1.0 for key, _ in ROWS})
     for line in table.splitlines()[2:]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pvae
-from pvae.compiled import CompiledStep, PerDatapointELBO
+from pvae.infer.compiled import CompiledStep, PerDatapointELBO
 
 X = (torch.rand(50, 784, generator=torch.Generator().manual_seed(0)) > 0.5).float()
 
@@ -88,7 +88,7 @@ def test_denormals_are_flushed_while_training_and_restored_after(monkeypatch):
     import sys
 
     seen = []
-    module = sys.modules["pvae.train"]
+    module = sys.modules["pvae.training.fit"]
     real = module._train_epoch
 
     def spy(*a, **k):
@@ -119,7 +119,7 @@ def test_point_mass_log_densities_follow_their_values_device(model):
     meta device standing in for a GPU."""
     from pyro import poutine
 
-    from pvae.program import _per_datapoint
+    from pvae.infer.traces import _per_datapoint
 
     guide = poutine.trace(model.guide).get_trace(X[:5])
     site = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(X[:5]).nodes["z"]
@@ -182,7 +182,7 @@ def test_a_non_finite_step_leaves_parameters_and_adam_state_as_they_were():
 def test_products_run_on_onednn_or_mkl_with_the_same_values(monkeypatch):
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from pvae import matmul
+    from pvae.infer import matmul
 
     if not matmul.available():
         pytest.skip("this torch has no oneDNN linear op")
@@ -212,15 +212,15 @@ def test_products_run_on_onednn_or_mkl_with_the_same_values(monkeypatch):
 
 
 def test_a_compiled_graph_that_disagrees_with_the_traced_one_is_not_used(monkeypatch):
-    import pvae.compiled as compiled
+    import pvae.infer.graphs as graphs
 
-    real = compiled._compile_fx
+    real = graphs._compile_fx
 
     def wrong(graph, inputs):
         fn = real(graph, inputs)
         return lambda *a: tuple(t + 1e-2 * (t.abs().max() + 1) for t in fn(*a))
 
-    monkeypatch.setattr(compiled, "_compile_fx", wrong)
+    monkeypatch.setattr(graphs, "_compile_fx", wrong)
     said = []
     m = vae()
     step = CompiledStep(m, pvae.objective("elbo"), list(m.parameters()), fallback=None, say=said.append)
@@ -270,8 +270,8 @@ def test_compiled_evaluation_of_a_program_with_global_latents_stays_eager_and_sa
 
 
 def test_auto_compiles_the_step_once_its_first_steps_show_that_compiling_pays(monkeypatch):
-    import pvae.compiled as compiled
-    import pvae.train as train
+    import pvae.infer.compiled as compiled
+    import pvae.training.loop as train
 
     built = []
 
@@ -301,7 +301,7 @@ def test_the_command_line_compile_step_option():
 
 
 def cpu_capture(body, static):
-    """A CPU stand-in for `pvae.compiled.cuda_capture` with its contract: capturing changes nothing
+    """A CPU stand-in for `pvae.infer.graphs.cuda_capture` with its contract: capturing changes nothing
     (the state and the random stream are restored), each replay runs the step and writes its
     results into the same output tensors."""
     saved, rng = [t.clone() for t in static], torch.get_rng_state()
@@ -336,7 +336,7 @@ def test_the_captured_step_copies_each_batch_in_and_trains_as_the_uncaptured_one
 
 
 def test_a_captured_step_refuses_a_moved_parameter():
-    from pvae.compiled import CapturedGraph
+    from pvae.infer.graphs import CapturedGraph
 
     w = torch.ones(3)
     graph = CapturedGraph(lambda w, x: (w * x,), dynamic={1}, backend=cpu_capture, warmup=0)
@@ -379,7 +379,7 @@ def test_a_program_whose_step_updates_buffers_stays_eager_with_one_line():
 
 
 def test_gpu_chunks_fill_a_quarter_of_the_free_memory_within_the_cpu_chunk_and_k():
-    from pvae.evaluate import chunk_for_memory
+    from pvae.infer.importance import chunk_for_memory
 
     gib = 2 ** 30
     # 40 GiB free, 8 KiB per particle-datapoint pair, batch 100: a quarter of 40 GiB holds 13,107 particles

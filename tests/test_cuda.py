@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import pvae
-from pvae.cli import MODEL_CHOICES, main
-from pvae.guides import GUIDES
-from pvae.likelihoods import LIKELIHOODS
-from pvae.objectives import OBJECTIVES
-from pvae.presets import PRESETS
+from pvae.cli import MODEL_CHOICES
+from pvae.cli import main
+from pvae.nn.guides import GUIDES
+from pvae.nn.likelihoods import LIKELIHOODS
+from pvae.infer.objectives import OBJECTIVES
+from pvae.models.presets import PRESETS
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -92,7 +93,7 @@ def test_compiled_evaluation_on_cuda_draws_what_the_eager_pass_draws():
 def test_a_cuda_step_makes_no_host_sync():
     """The captured step's replay, with the batch gathered and binarized on the device, does not
     wait for the GPU (torch.cuda.set_sync_debug_mode("error") raises on any synchronizing call)."""
-    from pvae.compiled import CompiledStep
+    from pvae.infer.compiled import CompiledStep
 
     torch.manual_seed(0)
     m = pvae.VAE(x_shape=(784,), latent_dim=8, hidden=(64,)).cuda()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import pvae
-from pvae import data as D
+from pvae.data import datasets as D
 
 
 def write_idx(path, array, gz=True):

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 import pvae
-from pvae.data import semi_supervised
+from pvae.data.datasets import semi_supervised
 from pvae.models.discrete import GumbelSoftmax
 from pvae.models.structured import quadrant_mask
 

@@ -17,9 +17,11 @@ def test_tutorial_runs(page, blocks):
     exec(compile("\n".join(code), page, "exec"), {})
 
 
-def test_index_links_resolve():
+def test_index_links_resolve_and_reach_every_page():
     links = re.findall(r"\]\(([^)]+\.md)\)", (DOCS / "index.md").read_text())
     assert links and all((DOCS / link).is_file() for link in links)
+    pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")} - {"index.md"}
+    assert sorted(pages - set(links)) == [], "pages the index does not link"
 
 
 def test_every_public_name_has_a_docstring():

@@ -309,7 +309,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(checkpoint, tmp_path):
 
 def test_checkpoint_writes_are_atomic(checkpoint, monkeypatch):
     before = checkpoint.read_bytes()
-    ckpt = importlib.import_module("pvae.checkpoint")
+    ckpt = importlib.import_module("pvae.training.checkpoint")
 
     def crash(obj, f, *a, **k):
         Path(f).write_bytes(b"half a checkpoint")
@@ -323,7 +323,7 @@ def test_checkpoint_writes_are_atomic(checkpoint, monkeypatch):
 
 
 def test_evaluation_retries_smaller_chunks_when_out_of_memory(monkeypatch):
-    ev = importlib.import_module("pvae.evaluate")
+    ev = importlib.import_module("pvae.infer.importance")
     real = ev.log_weight_terms
     sizes = []
 

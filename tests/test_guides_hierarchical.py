@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import pvae
-from pvae.guides import IAFNormal, make_guide
+from pvae.nn.guides import IAFNormal, make_guide
 from test_bounds import fixed
 
 LOG_2PI = math.log(2 * math.pi)
@@ -34,7 +34,7 @@ class CorrelatedLinearGaussian(nn.Module):
     def model(self, x):
         n = x.shape[0]
         with pyro.plate("data", n):
-            prior = pvae.guides.standard_normal(x.new_zeros(n, 2), self.multivariate)
+            prior = pvae.nn.guides.standard_normal(x.new_zeros(n, 2), self.multivariate)
             z = pyro.sample("z", prior)
             pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.sigma).to_event(1), obs=x)
 

@@ -40,7 +40,7 @@ def test_log_likelihood_converges_to_exact_and_bound_stays_below():
 
 
 def test_chunking_over_particles_and_batches_does_not_change_the_estimate(monkeypatch):
-    ev = importlib.import_module("pvae.evaluate")  # the module, not the function pvae.evaluate
+    ev = importlib.import_module("pvae.infer.importance")
 
     m = PPCA(x_dim=5, z_dim=2)
     m.set_guide(mean_shift=0.2)

@@ -92,18 +92,18 @@ def test_bf16_nets_keep_log_densities_in_float32_and_the_bound_close():
     x = pvae.load_dataset("sample", "test", binarize="static", n=100).x.reshape(100, -1)
     torch.manual_seed(1)
     ref = pvae.log_likelihood(m, x, k=50, progress=False)
-    pvae.nets.accelerate(m, "bf16")
+    pvae.nn.nets.accelerate(m, "bf16")
     t = pvae.log_weight_terms(m.model, m.guide, x, num_particles=2)
     assert t.log_px_z.dtype == torch.float32 and t.log_qz.dtype == torch.float32
     torch.manual_seed(1)
     low = pvae.log_likelihood(m, x, k=50, progress=False)
     # the nets' arithmetic in bfloat16 moves log p(x) by well under 0.1% here
     assert float((low - ref).abs().mean()) < 0.1 and float((low - ref).abs().max()) < 1.0
-    pvae.nets.accelerate(m, "fp32")
+    pvae.nn.nets.accelerate(m, "fp32")
     torch.manual_seed(1)
     torch.testing.assert_close(pvae.log_likelihood(m, x, k=50, progress=False), ref)
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
-        pvae.nets.accelerate(m, "fp8")
+        pvae.nn.nets.accelerate(m, "fp8")
 
 
 @pytest.mark.slow

@@ -7,10 +7,10 @@ import torch
 
 import pvae
 from pvae.cli import main
-from pvae.code_prior import CodePrior
-from pvae.disentangle import mig_score
-from pvae.priors import FlowPrior, MixturePrior
-from pvae.samplers import GaussianMixture
+from pvae.nn.code_prior import CodePrior
+from pvae.analysis.disentangle import mig_score
+from pvae.nn.priors import FlowPrior, MixturePrior
+from pvae.analysis.samplers import GaussianMixture
 
 
 # -- each prior's log-density by hand -------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_an_autoencoder_generates_through_a_fitted_sampler(tmp_path, capsys):
 
 # -- the shapes dataset and MIG ----------------------------------------------------------------------------
 def test_shapes_are_every_factor_combination_deterministically():
-    from pvae import shapes
+    from pvae.data import shapes
 
     train, test = pvae.load_dataset("shapes", "train"), pvae.load_dataset("shapes", "test")
     assert len(train) + len(test) == 3 * 6 * 6 * 8 * 8 and train.x.shape[1:] == (1, 32, 32)

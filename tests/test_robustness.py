@@ -286,7 +286,7 @@ def test_a_nan_log_likelihood_is_an_error_not_a_number():
 
 
 def test_results_json_holds_null_not_infinity_and_says_why(tmp_path, monkeypatch):
-    module = sys.modules["pvae.evaluate"]  # (pvae.evaluate is the function)
+    module = sys.modules["pvae.analysis.evaluation"]
     real = module.evaluate
 
     def with_inf(*a, **k):
@@ -418,12 +418,12 @@ def test_checkpoints_that_are_not_pvae_checkpoints_are_one_line(finished_run, tm
 
 # -- the file system -----------------------------------------------------------------------------------------
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
-    import pvae.checkpoint
+    import pvae.training.checkpoint
 
     def full(*a, **k):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
     monkeypatch.setattr(torch, "save", full)
-    monkeypatch.setattr(pvae.checkpoint.shutil, "disk_usage", lambda p: type("u", (), {"free": 0})())
+    monkeypatch.setattr(pvae.util.files.shutil, "disk_usage", lambda p: type("u", (), {"free": 0})())
     run = tmp_path / "run"
     assert main(["train", *TINY, "--run-dir", str(run)]) == 2
     err = one_line_error(capsys, f"cannot write {run / 'checkpoint.pt'}: the disk is full")
@@ -509,20 +509,20 @@ def test_tensorboard_callback_logs_every_number(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
     pvae.fit(vae(), X, epochs=2, batch_size=10, test=X[:5], progress=False,
-             callbacks=[pvae.callbacks.TensorBoard(tmp_path)])
+             callbacks=[pvae.training.callbacks.TensorBoard(tmp_path)])
     assert ("pvae/test_elbo", 2) in logged and ("pvae/train_loss", 1) in logged
 
 
 def test_traversal_sweeps_the_most_active_dimensions(monkeypatch):
-    import pvae.plots
+    import pvae.analysis.plots
 
     m = pvae.VAE(x_shape=(784,), latent_dim=10, hidden=(8,))
     spread = torch.ones(10)
     spread[[7, 3]] = torch.tensor([5.0, 9.0])
     monkeypatch.setattr(m, "encode", lambda x: torch.randn(x.shape[0], 10) * spread)
     drawn = {}
-    monkeypatch.setattr(pvae.plots, "image_grid", lambda rows, path, titles=None: drawn.setdefault("titles", titles))
-    pvae.plots.traversal(m, X[0], data=X, rows=2)
+    monkeypatch.setattr(pvae.analysis.plots, "image_grid", lambda rows, path, titles=None: drawn.setdefault("titles", titles))
+    pvae.analysis.plots.traversal(m, X[0], data=X, rows=2)
     assert drawn["titles"] == ["z_3", "z_7"]
 
 
@@ -530,11 +530,11 @@ def test_latent_space_names_the_classes(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    import pvae.plots
+    import pvae.analysis.plots
 
     test = pvae.load_dataset("fashion-mnist-sample", "test", n=50)
     m = pvae.VAE(x_shape=(1, 28, 28), latent_dim=2, hidden=(8,))
-    fig = pvae.plots.latent_space(m, test.x, test.y, class_names=test.classes)
+    fig = pvae.analysis.plots.latent_space(m, test.x, test.y, class_names=test.classes)
     texts = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
     assert "Trouser" in texts and "Ankle boot" in texts
 

@@ -14,7 +14,8 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMe
 from torch import nn
 
 import pvae
-from pvae.program import Program, log_weight_terms
+from pvae.infer.sites import Program
+from pvae.infer.program import log_weight_terms
 
 import programs as P
 from test_bounds import FixDraws

@@ -24,10 +24,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..likelihoods import make_likelihood
-from ..nets import MLP
-from ..validate import check_hidden, check_number, check_shape, check_size
-from .base import PyroVAE
+from pvae.models.base import PyroVAE
+from pvae.nn.likelihoods import make_likelihood
+from pvae.nn.nets import MLP
+from pvae.util.validate import check_hidden, check_number, check_shape, check_size
 
 
 class AE(PyroVAE):

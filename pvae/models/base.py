@@ -10,7 +10,7 @@ import pyro
 import torch
 from torch import nn
 
-from ..pair import device_of
+from pvae.util.tensors import device_of
 
 MODELS: dict[str, type] = {}
 _NAMES: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()

@@ -20,11 +20,11 @@ import torch
 from pyro import poutine
 from torch.nn import functional as F
 
-from ..guides import DiagonalNormal, make_guide, standard_normal
-from ..likelihoods import make_likelihood
-from ..nets import MLP
-from ..validate import check_hidden, check_number, check_shape, check_size
-from .base import PyroVAE
+from pvae.models.base import PyroVAE
+from pvae.nn.guides import DiagonalNormal, make_guide, standard_normal
+from pvae.nn.likelihoods import make_likelihood
+from pvae.nn.nets import MLP
+from pvae.util.validate import check_hidden, check_number, check_shape, check_size
 
 
 class ConditionalVAE(PyroVAE):

@@ -31,10 +31,10 @@ import torch
 from torch.distributions import constraints, kl_divergence, register_kl
 from torch.nn import functional as F
 
-from ..likelihoods import make_likelihood
-from ..nets import MLP
-from ..validate import check_hidden, check_shape, check_size
-from .base import PyroVAE
+from pvae.models.base import PyroVAE
+from pvae.nn.likelihoods import make_likelihood
+from pvae.nn.nets import MLP
+from pvae.util.validate import check_hidden, check_shape, check_size
 
 
 class GumbelSoftmax(dist.TorchDistribution):

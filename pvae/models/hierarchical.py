@@ -30,12 +30,12 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from ..guides import DiagonalNormal, make_guide
-from ..likelihoods import make_likelihood
-from ..priors import make_prior
-from ..nets import MLP
-from ..validate import check_hidden, check_number, check_shape, check_size
-from .base import PyroVAE
+from pvae.models.base import PyroVAE
+from pvae.nn.guides import DiagonalNormal, make_guide
+from pvae.nn.likelihoods import make_likelihood
+from pvae.nn.nets import MLP
+from pvae.nn.priors import make_prior
+from pvae.util.validate import check_hidden, check_number, check_shape, check_size
 
 
 class HierarchicalVAE(PyroVAE):

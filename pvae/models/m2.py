@@ -6,7 +6,7 @@ Generative model, for each datapoint n, with the label y a latent variable when 
           x_n \sim p_\theta(x \mid y_n, z_n).
 
 Guide: a classifier q(y|x) = Cat(pi_phi(x)) and q(z|x,y) = N(mu_phi(x, y), diag sigma_phi(x, y)^2).
-Labels come in one tensor with ``-1`` where a label is unknown (``pvae.data.semi_supervised``
+Labels come in one tensor with ``-1`` where a label is unknown (``pvae.data.datasets.semi_supervised``
 builds it). For a labelled datapoint the guide's q(y|x) is replaced by a point mass on the
 known label, so the bound is Kingma's L(x, y) <= log p(x, y); for an unlabelled one it is
 U(x) = sum_y q(y|x) [L(x, y)] + H[q(y|x)] <= log p(x). With ``objective="enum-elbo"``
@@ -27,11 +27,11 @@ import pyro.distributions as dist
 import torch
 from torch.nn import functional as F
 
-from ..guides import DiagonalNormal, standard_normal
-from ..likelihoods import make_likelihood
-from ..nets import MLP
-from ..validate import check_hidden, check_shape, check_size
-from .base import PyroVAE
+from pvae.models.base import PyroVAE
+from pvae.nn.guides import DiagonalNormal, standard_normal
+from pvae.nn.likelihoods import make_likelihood
+from pvae.nn.nets import MLP
+from pvae.util.validate import check_hidden, check_shape, check_size
 
 #: a log-probability that is 0 after exp() and finite after multiplication by 0 (point masses)
 NEVER = -1e4

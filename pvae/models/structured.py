@@ -28,11 +28,11 @@ import math
 import pyro
 import torch
 
-from ..guides import DiagonalNormal
-from ..likelihoods import make_likelihood
-from ..nets import MLP
-from ..validate import check_hidden, check_shape, check_size
-from .base import PyroVAE
+from pvae.models.base import PyroVAE
+from pvae.nn.guides import DiagonalNormal
+from pvae.nn.likelihoods import make_likelihood
+from pvae.nn.nets import MLP
+from pvae.util.validate import check_hidden, check_shape, check_size
 
 #: visible quadrants (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) by how many are given
 QUADRANTS = {1: (2,), 2: (2, 3), 3: (1, 2, 3)}

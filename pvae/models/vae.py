@@ -23,12 +23,12 @@ import pyro
 import torch
 from pyro import poutine
 
-from ..guides import make_guide
-from ..likelihoods import make_likelihood
-from ..nets import MLP, ConvDecoder, ConvEncoder
-from ..priors import make_prior
-from ..validate import check_hidden, check_number, check_shape, check_size
-from .base import PyroVAE
+from pvae.models.base import PyroVAE
+from pvae.nn.guides import make_guide
+from pvae.nn.likelihoods import make_likelihood
+from pvae.nn.nets import MLP, ConvDecoder, ConvEncoder
+from pvae.nn.priors import make_prior
+from pvae.util.validate import check_hidden, check_number, check_shape, check_size
 
 
 class VAE(PyroVAE):
@@ -39,7 +39,7 @@ class VAE(PyroVAE):
         latent_dim: D, the size of z.
         hidden: widths of the encoder's hidden layers (the decoder mirrors them). For
             ``net="conv"`` the last width is the size of the conv encoder's features.
-        activation: ``"tanh"``, ``"relu"``, ... (see [`pvae.nets.ACTIVATIONS`][pvae.nets.ACTIVATIONS]).
+        activation: ``"tanh"``, ``"relu"``, ... (see [`pvae.nn.nets.ACTIVATIONS`][pvae.nn.nets.ACTIVATIONS]).
         likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"continuous-bernoulli"``.
         guide: guide family: ``"diagonal"``, ``"fullcov"``, ``"lowrank"`` or ``"iaf"``.
         beta: weight of the KL term (> 0).
@@ -49,7 +49,7 @@ class VAE(PyroVAE):
         flow_steps: number of IAF steps of the ``"iaf"`` guide (default 2).
         prior: prior family p(z): ``"standard"`` N(0, I), ``"mog"`` (a learned mixture of
             Gaussians), ``"vamp"`` (the VampPrior: the guide at learned pseudo-inputs) or
-            ``"flow"`` (N(0, I) through autoregressive flows); see [`pvae.priors`][pvae.priors].
+            ``"flow"`` (N(0, I) through autoregressive flows); see [`pvae.nn.priors`][pvae.nn.priors].
         prior_components: K of the ``"mog"`` (default 10) and ``"vamp"`` (default 100) priors.
         prior_flow_steps: flow steps of the ``"flow"`` prior (default 2).
     """

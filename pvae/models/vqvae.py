@@ -22,7 +22,7 @@ out. Every site sits in the data plate, as the house rule asks.
 Each datapoint gets ``num_latents`` codes (a row of L positions, z of shape (L, code_dim)), so
 that a generative model of images is a prior over code rows: the uniform prior generates noise,
 a learned autoregressive prior p(c) = prod_i p(c_i | c_<i) generates images
-([`pvae.code_prior`][pvae.code_prior]: ``pvae.fit_code_prior(vqvae, data)``, then ``vqvae.sample(n)``).
+([`pvae.nn.code_prior`][pvae.nn.code_prior]: ``pvae.fit_code_prior(vqvae, data)``, then ``vqvae.sample(n)``).
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..likelihoods import make_likelihood
-from ..nets import MLP
-from ..validate import check_hidden, check_number, check_shape, check_size
-from .base import PyroVAE
+from pvae.models.base import PyroVAE
+from pvae.nn.likelihoods import make_likelihood
+from pvae.nn.nets import MLP
+from pvae.util.validate import check_hidden, check_number, check_shape, check_size
 
 
 class VQVAE(PyroVAE):
     """An MLP VQ-VAE: ``num_latents`` codes of ``code_dim`` per datapoint from a codebook of
-    ``num_codes``; ``code_prior`` (set by [`pvae.fit_code_prior`][pvae.code_prior.fit_code_prior]) makes it generative."""
+    ``num_codes``; ``code_prior`` (set by [`pvae.fit_code_prior`][pvae.training.code_prior.fit_code_prior]) makes it generative."""
 
     point_mass = True  # a Delta guide: no density to importance-sample log p(x) with
 
@@ -68,7 +68,7 @@ class VQVAE(PyroVAE):
         self.codebook = nn.Parameter(torch.randn(num_codes, code_dim) / math.sqrt(code_dim))
         self.code_prior = None
         if code_prior is not None:  # a fitted prior's settings, stored in the config: rebuilt, then loaded
-            from ..code_prior import CodePrior
+            from pvae.nn.code_prior import CodePrior
 
             self.code_prior = CodePrior(num_latents, num_codes, **code_prior)
 

@@ -1,0 +1,67 @@
+"""``pvae apply RUN --task anomaly | denoise | inpaint``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from pvae.cli.common import _open_run, _run_data
+
+
+def cmd_apply(args):
+    """Anomaly detection, denoising or inpainting with a trained run, on its test data."""
+    import torch
+
+    from pvae.analysis import plots
+    from pvae.analysis.applications import anomaly_scores, auroc, corrupt, inpaint
+    from pvae.util.files import write_text
+
+    run_dir, model = _open_run(args)
+    test = _run_data(run_dir, args)
+    x = test.eval_x().reshape(len(test), -1).to(model.device)
+    out = Path(args.out) if args.out else run_dir / f"{args.task}.png"
+    torch.manual_seed(args.seed)
+    if args.task == "anomaly":
+        if args.anomaly_class is None:  # the class the run left out of training (--exclude-class)
+            args.anomaly_class = getattr(args, "exclude_class", None)
+        if args.anomaly_class is None or test.y is None:
+            raise ValueError("--task anomaly needs --anomaly-class C and a labelled test set")
+        if getattr(model, "point_mass", False) or getattr(model, "needs_labels", False):
+            raise ValueError(f"anomaly scores are -log p(x): {type(model).__name__} has no unconditional "
+                             "log p(x) to estimate")
+        scores = anomaly_scores(model, x, k=args.k, progress=not args.quiet)
+        is_anomaly = test.y == args.anomaly_class
+        result = {"task": "anomaly", "anomaly_class": args.anomaly_class, "k": args.k, "n": len(test),
+                  "auroc": auroc(scores, is_anomaly), "mean_score_anomaly": float(scores[is_anomaly].mean()),
+                  "mean_score_normal": float(scores[~is_anomaly].mean())}
+        plots.score_histogram(scores, is_anomaly, path=out)
+        print(f"AUROC {result['auroc']:.3f}: class {args.anomaly_class} scores -log p(x) "
+              f"{result['mean_score_anomaly']:.1f} on average, the rest {result['mean_score_normal']:.1f}")
+    else:
+        if not hasattr(model, "reconstruct") or getattr(model, "needs_labels", False):
+            raise ValueError(f"--task {args.task} needs a model with reconstruct(x); {type(model).__name__} has none")
+        if args.task == "denoise":
+            noisy = corrupt(x, args.noise, kind=args.corruption, seed=args.seed)
+            done, ref = model.reconstruct(noisy).reshape(x.shape), noisy
+            mask = torch.ones_like(x, dtype=torch.bool)
+            plots.denoising(x, noisy, {type(model).__name__: done}, path=out)
+        else:
+            if not hasattr(model, "posterior"):
+                raise ValueError(f"inpainting needs a model with one latent site and posterior(x) (VAE); "
+                                 f"{type(model).__name__} has none")
+            side = math.isqrt(x.shape[1])
+            observed = torch.ones(len(test), side, side, dtype=torch.bool, device=x.device)
+            observed[:, side // 2:] = False  # the bottom half is missing
+            observed = observed.reshape(len(test), -1)
+            done = inpaint(model, x, observed, k=args.k)
+            ref = x.mean(0, keepdim=True).expand_as(x)  # the mean test image (compared on missing pixels only)
+            mask = ~observed
+            plots.image_grid([x[:10], (x * observed)[:10], done[:10]], out, titles=["original", "observed", "inpainted"])
+        err = float(((done - x)[mask] ** 2).mean())
+        ref_err = float(((ref - x)[mask] ** 2).mean())
+        what = "corrupted input" if args.task == "denoise" else "mean test image"
+        result = {"task": args.task, "n": len(test), "mse": err, "mse_reference": ref_err, "reference": what}
+        print(f"{args.task}: squared error {err:.4f} against the clean images ({what}: {ref_err:.4f})")
+    write_text(run_dir / f"{args.task}.json", json.dumps(result, indent=1))
+    print(f"wrote {out} and {run_dir / (args.task + '.json')}")

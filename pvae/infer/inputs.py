@@ -1,0 +1,231 @@
+"""What reaches ``model(...)`` and ``guide(...)``: the tensors of a dataset, datapoint by datapoint.
+
+The convention (the same in [`pvae.fit`][pvae.fit], the evaluator, [`pvae.compare`][pvae.compare]):
+
+- a tensor, array, [`pvae.data.datasets.Data`][pvae.data.datasets.Data] or dataset name: ``model(x)``;
+- a tuple ``(x, a, b, ...)``, a list, or a ``TensorDataset(x, a, b)``: ``model(x, a, b)``, every
+  member passed positionally, one row per datapoint (labels, one-hot vectors, images, any
+  tensor: which of them the program observes is its own business);
+- a dict ``{"x": x, "y": y}``: ``model(x=x, y=y)`` by keyword, the first entry taken as the
+  data x (binarized, shape-checked); an ``.npz`` file with arrays besides ``x`` and ``y`` is
+  read the same way (``x`` first, every array by its name);
+- the class labels a [`Data`][pvae.data.datasets.Data] carries (or ``labels=``) go to a user's program as
+  its second argument when it takes one (``model(xs, ys=None)``), and to pvae's conditional
+  models (``needs_labels``) checked as integers or one-hot rows.
+
+A member that no argument of the model takes is an error naming it, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import numpy as np
+import torch
+
+from pvae.data.datasets import Data, _to_float, as_tensors
+from pvae.infer.pair import ModelGuide, match_shape
+from pvae.util.validate import check_data, check_labels
+
+
+def _eval_inputs(data, pair, labels=None) -> Inputs:
+    """The evaluation data as the pair's program takes it, checked (see [`pvae.infer.inputs`][pvae.infer.inputs])."""
+    if isinstance(data, Inputs):
+        return data
+    return arrange(pair, data, labels, "evaluation data", evaluation=True)[0]
+
+
+class Inputs:
+    """The data as the program takes it: ``x`` (first positional, or keyword ``x_key``), further
+    positional members ``args`` and keyword members ``kwargs``, each with one row per datapoint."""
+
+    def __init__(self, x: torch.Tensor, args=(), kwargs=None, x_key: str | None = None):
+        self.x, self.args, self.kwargs, self.x_key = x, tuple(args), dict(kwargs or {}), x_key
+        self.notes: list = []  # what arranging the data did that a user should hear of
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def y(self):
+        """The second positional member (labels of a conditional model), or None."""
+        return self.args[0] if self.args else None
+
+    def to(self, device) -> "Inputs":
+        moved = Inputs(self.x.to(device), [a.to(device) for a in self.args],
+                       {k: v.to(device) for k, v in self.kwargs.items()}, self.x_key)
+        moved.notes = list(self.notes)
+        return moved
+
+    def take(self, idx, x: torch.Tensor | None = None, device=None) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` for the datapoints ``idx`` (an index tensor or a slice); ``x``
+        replaces their x (a fresh binarization)."""
+        def get(t):
+            t = t[idx]
+            return t.to(device) if device is not None else t
+
+        xb = get(self.x) if x is None else x
+        rest, kw = tuple(get(a) for a in self.args), {k: get(v) for k, v in self.kwargs.items()}
+        if self.x_key is None:
+            return (xb,) + rest, kw
+        return rest, {self.x_key: xb, **kw}
+
+    def head(self, n: int) -> tuple[tuple, dict]:
+        return self.take(slice(0, n))
+
+
+def _tensor(a, what: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a) if a.dtype != np.uint8 else _to_float(a)
+    try:
+        return torch.as_tensor(a)
+    except Exception:
+        raise TypeError(f"{what} must be a tensor or array, got {type(a).__name__}") from None
+
+
+def members(data, labels=None):
+    """``(x, extra positional, extra keyword, x_key, binarize mode, class labels)`` of any data a
+    user passes; class labels are the ones a `Data` carries (or ``labels=``), the extras
+    are members the user put next to x explicitly."""
+    if isinstance(data, (str, os.PathLike)) and str(data).endswith(".npz") and os.path.isfile(data):
+        with np.load(data, allow_pickle=False) as z:
+            arrays = dict(z)
+        if "x" in arrays and set(arrays) - {"x", "y"}:  # several arrays: keywords, named as in the file
+            return members({"x": arrays.pop("x"), **arrays}, labels)
+    if isinstance(data, dict):
+        if not data:
+            raise ValueError("the data dict is empty")
+        keys = list(data)
+        x_key = keys[0]
+        x = as_tensors(_tensor(data[x_key], f"data[{x_key!r}]"))[0]
+        return x, [], {k: _tensor(data[k], f"data[{k!r}]") for k in keys[1:]}, x_key, "none", labels
+    if isinstance(data, torch.utils.data.TensorDataset):
+        data = tuple(data.tensors)
+    if isinstance(data, (tuple, list)) and len(data) >= 2 and not isinstance(data[0], (int, float)):
+        x = as_tensors(data[0])[0]
+        return x, [_tensor(a, f"data member {i + 1}") for i, a in enumerate(data[1:], 1)], {}, None, "none", labels
+    if isinstance(data, Data):
+        return data.x, [], {}, None, data.binarize, labels if labels is not None else data.y
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, Data):
+        items = [data[i] for i in range(len(data))]
+        if items and isinstance(items[0], (tuple, list)) and len(items[0]) > 2:
+            cols = list(zip(*items))
+            x = as_tensors(torch.stack([_tensor(c, "x") for c in cols[0]]))[0]
+            return x, [torch.stack([_tensor(c, f"data member {i}") for c in col]) for i, col in enumerate(cols[1:], 1)], \
+                {}, None, "none", labels
+    x, y, mode = as_tensors(data, labels)
+    return x, [], {}, None, mode, y
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}"
+
+
+def _params(fn):
+    """``(positional names, has *args, keyword names, has **kwargs, defaults)`` of a program function."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    pos, kw, var_pos, var_kw, defaults = [], [], False, False, {}
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            pos.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            var_pos = True
+        elif p.kind == p.KEYWORD_ONLY:
+            kw.append(p.name)
+        else:
+            var_kw = True
+        defaults[p.name] = p.default
+    return pos, var_pos, kw, var_kw, defaults
+
+
+def _program_fn(pair, which: str):
+    if isinstance(pair, ModelGuide):  # plain functions, wrapped
+        return getattr(pair, f"_{which}")
+    return getattr(pair, which)
+
+
+def _float_dtype(pair) -> torch.dtype:
+    """The floating dtype the pair's parameters hold (the default dtype when it has none)."""
+    for p in pair.parameters():
+        if torch.is_floating_point(p):
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def own_model(pair) -> bool:
+    """pvae's own variants (their signatures carry sample counts, their labels ``needs_labels``)."""
+    from pvae.models.base import PyroVAE
+
+    return isinstance(pair, PyroVAE) and type(pair).__module__.startswith("pvae.")
+
+
+def arrange(pair, data, labels=None, what: str = "training data", evaluation: bool = False) -> tuple[Inputs, str]:
+    """The data as the pair's program takes it (see the module docstring), checked: x against the
+    model's shape and likelihood, every member's length, and every member against the program's
+    signature. Returns ``(Inputs, binarize mode)``."""
+    x, extra, kwextra, x_key, mode, class_labels = members(data, labels)
+    if evaluation and isinstance(data, Data):
+        x = data.eval_x()
+    x = match_shape(x, pair, what)
+    if not x.is_complex() and x.dtype != _float_dtype(pair):  # float64/16, integers, booleans: as the nets compute
+        x = (_to_float(x) if x.dtype == torch.uint8 else x).to(_float_dtype(pair))
+    check_data(x, pair, what)
+    n = x.shape[0]
+    for i, a in enumerate(extra, 1):
+        if a.dim() == 0 or a.shape[0] != n:
+            raise ValueError(f"data member {i + 1} of the {what} has {_describe(a)}: it needs one row per "
+                             f"datapoint ({n})")
+    for k, a in kwextra.items():
+        if a.dim() == 0 or a.shape[0] != n:
+            raise ValueError(f"data[{k!r}] of the {what} has {_describe(a)}: it needs one row per datapoint ({n})")
+    if own_model(pair):
+        y = extra[0] if extra else class_labels
+        if len(extra) > 1 or kwextra:
+            raise ValueError(f"{type(pair).__name__} takes x (and labels); the {what} have {1 + len(extra)} members "
+                             f"{sorted(kwextra) if kwextra else ''}".rstrip())
+        if labels is not None and not getattr(pair, "needs_labels", False):
+            raise ValueError(f"labels= were given, but {type(pair).__name__} takes no labels: drop them, or use a "
+                             "conditional model (ConditionalVAE, SemiSupervisedVAE)")
+        y = check_labels(y, n, pair, what)
+        return Inputs(x, [y] if y is not None else [], {}, x_key), mode
+    for which in ("model", "guide"):
+        sig = _params(_program_fn(pair, which))
+        if sig is None:
+            continue
+        pos, var_pos, kw, var_kw, defaults = sig
+        takes = len(pos) - (1 if x_key is None else 0)
+        if x_key is not None and not (x_key in pos or x_key in kw or var_kw):
+            raise ValueError(f"data[{x_key!r}] is taken by no argument of the {which} ({', '.join(pos + kw)})")
+        if len(extra) > takes and not var_pos:
+            i = takes + 1
+            raise ValueError(f"data member {i + 1} of the {what} ({_describe(extra[takes])}) is taken by no argument "
+                             f"of the {which}, which takes {len(pos)} positional argument(s) ({', '.join(pos)}): "
+                             "pass only the members the program takes")
+        for k in kwextra:
+            if not (k in pos or k in kw or var_kw):
+                raise ValueError(f"data[{k!r}] of the {what} is taken by no argument of the {which} "
+                                 f"({', '.join(pos + kw)})")
+    if not extra and not kwextra and class_labels is not None and x_key is None:
+        sig = _params(_program_fn(pair, "model"))
+        if sig is not None:
+            pos, var_pos, _, _, defaults = sig
+            second = pos[1] if len(pos) > 1 else None
+            if second is not None and defaults.get(second, None) in (inspect.Parameter.empty, None):
+                extra = [torch.as_tensor(class_labels)]
+            elif labels is not None:
+                raise ValueError(f"labels= were given, but the model takes no second argument "
+                                 f"({', '.join(pos)}): drop them or add a parameter for them")
+            elif not var_pos:
+                inputs = Inputs(x, extra, kwextra, x_key)
+                inputs.notes = [f"the {what} carry labels, and the model takes only ({', '.join(pos)}): the labels "
+                                "were not passed (give the model a second argument, e.g. model(x, y=None), to "
+                                "condition on them)"]
+                return inputs, mode
+    return Inputs(x, extra, kwextra, x_key), mode

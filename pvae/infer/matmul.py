@@ -1,0 +1,153 @@
+r"""Which library runs each matrix product of a traced graph on the CPU.
+
+torch multiplies float32 matrices on the CPU with MKL. On some CPUs (AMD EPYC among them: MKL
+takes its generic path on a CPU that is not Intel's) oneDNN, which torch also ships, is 1.5-2.5x
+faster for the shapes of a VAE: a (100, 784) x (784, 200) product took 309 us with MKL and 173 us
+with oneDNN on these machines; at (5000, 200) x (200, 784), 9.5 ms and 4.3 ms. XLA, which NumPyro
+compiles through, picks its own kernels; this is how pvae's compiled graphs do the same.
+
+`use_fastest_matmuls` rewrites a graph recorded by ``make_fx``: every ``aten.mm`` and
+``aten.addmm`` (with a vector bias) becomes oneDNN's ``_linear_pointwise`` where, timed on tensors
+of the very shapes and strides of that product, oneDNN is at least 10% faster (for a weight
+gradient ``g^T a``, computed as ``(a^T g)^T``, which spares a copy); elsewhere MKL stays.
+The choice is measured once per shape and stride and cached for the process, so the same program
+on an Intel CPU keeps MKL where MKL is faster. Both compute the same float32 product; only the
+order of the additions differs (the graph is checked against the unrewritten one after compiling,
+see [`pvae.infer.compiled`][pvae.infer.compiled]).
+
+Inductor lowers ``_linear_pointwise`` only for constant (frozen) weights; `onednn_lowering` lets it
+call the op as an external kernel while a pvae graph compiles, and restores inductor's own lowering
+afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+
+import torch
+
+aten = torch.ops.aten
+_cache: dict = {}  # (shapes, strides, bias) -> True where oneDNN is the faster
+
+
+def available() -> bool:
+    """oneDNN's linear op is in this torch build."""
+    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _linear():
+    return torch.ops.mkldnn._linear_pointwise.default
+
+
+def _like(meta) -> torch.Tensor:
+    """A CPU tensor of the recorded value's shape and strides, with random entries."""
+    t = torch.empty_strided(tuple(meta.shape), tuple(meta.stride()), dtype=meta.dtype)
+    return t.normal_()
+
+
+def _timed(candidates: dict, budget: float = 0.2) -> dict:
+    """Median seconds of each candidate, timed in interleaved rounds (so that the machine's noise
+    falls on all of them alike): at least 5 rounds, more while within ``budget`` seconds, at most 21."""
+    for fn in candidates.values():
+        fn()  # warm: first-call allocations and oneDNN's kernel choice
+    times: dict = {name: [] for name in candidates}
+    spent, rounds = 0.0, 0
+    while rounds < 5 or (spent < budget and rounds < 21):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            spent += times[name][-1]
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
+    """How to run the product ``a @ b (+ bias)`` of tensors shaped and strided as these: ``"mkl"``
+    (torch's own), ``"onednn"`` (oneDNN's linear op) or ``"swapped"`` (oneDNN on ``(b^T a^T)^T``,
+    which spares oneDNN a copy of a transposed ``a``, as in a weight gradient). oneDNN must beat MKL
+    by ``1 / margin``; timed once per shape and stride in this process."""
+    key = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in (a_meta, b_meta)) + (bias_meta is not None,)
+    if key not in _cache:
+        a, b = _like(a_meta), _like(b_meta)
+        bias = None if bias_meta is None else _like(bias_meta)
+        op = _linear()
+        candidates = {"mkl": lambda: torch.mm(a, b) if bias is None else torch.addmm(bias, a, b),
+                      "onednn": lambda: op(a, b.t(), bias, "none", [], "")}
+        if bias is None:
+            candidates["swapped"] = lambda: op(b.t(), a, None, "none", [], "").t()
+        with torch.no_grad():
+            times = _timed(candidates)
+        times["mkl"] *= margin
+        _cache[key] = min(times, key=times.get)
+    return _cache[key]
+
+
+def _value(node):
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def use_fastest_matmuls(gm: torch.fx.GraphModule) -> int:
+    """Rewrite, in place, the float32 CPU products of ``gm`` that oneDNN runs faster; returns how
+    many were rewritten (0 where oneDNN is missing or never faster)."""
+    if not available():
+        return 0
+    graph, op, done = gm.graph, _linear(), 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        if node.target is aten.mm.default:
+            bias, (a, b) = None, node.args
+        elif node.target is aten.addmm.default:
+            bias, a, b = node.args
+        else:
+            continue
+        metas = [_value(a), _value(b)] + ([] if bias is None else [_value(bias)])
+        if any(m is None or m.device.type != "cpu" or m.dtype != torch.float32 for m in metas):
+            continue
+        if bias is not None and (metas[2].dim() != 1 or metas[2].shape[0] != metas[1].shape[1]):
+            continue  # addmm with a matrix (or broadcast) bias stays as it is
+        how = fastest(metas[0], metas[1], None if bias is None else metas[2])
+        if how == "mkl":
+            continue
+        if bias is not None:
+            how = "onednn"  # a product with a bias has no swapped form
+        with graph.inserting_before(node):
+            if how == "onednn":
+                b_t = graph.call_function(aten.t.default, (b,))
+                new = graph.call_function(op, (a, b_t, bias, "none", [], ""))
+            else:
+                b_t = graph.call_function(aten.t.default, (b,))
+                new = graph.call_function(aten.t.default, (graph.call_function(op, (b_t, a, None, "none", [], "")),))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        done += 1
+    if done:
+        graph.lint()
+        gm.recompile()
+    return done
+
+
+@contextlib.contextmanager
+def onednn_lowering():
+    """While a pvae graph compiles: inductor calls oneDNN's linear op as an external kernel (its own
+    lowering requires a frozen weight). Restored on exit."""
+    if not available():
+        yield
+        return
+    from torch._inductor import lowering
+
+    op = _linear()
+    old = lowering.lowerings.get(op)
+    lowering.lowerings[op] = lowering.fallback_handler(op, add_to_fallback_set=False)
+    try:
+        yield
+    finally:
+        if old is None:
+            lowering.lowerings.pop(op, None)
+        else:
+            lowering.lowerings[op] = old

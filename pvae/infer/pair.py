@@ -1,0 +1,102 @@
+"""Any model/guide pair, as one module the trainer and evaluator can drive.
+
+Users bring their own variants in either of two shapes:
+
+- an ``nn.Module`` (or ``PyroModule``) with methods ``model(x, ...)`` and ``guide(x, ...)``;
+- two plain functions plus the ``nn.Module`` (or list of modules) holding their parameters:
+  ``pvae.fit(model_fn, data, guide=guide_fn, modules=[encoder, decoder])``.
+
+Either way every sample site of a datapoint must sit inside ``pyro.plate("data", ...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class ModelGuide(nn.Module):
+    """Wraps plain ``model``/``guide`` functions and the modules whose parameters they use."""
+
+    def __init__(self, model: Callable, guide: Callable, modules=None):
+        super().__init__()
+        if isinstance(modules, nn.Module):
+            modules = [modules]
+        self.nets = nn.ModuleList(list(modules or []))
+        self._model, self._guide = model, guide
+        self.config = None
+
+    def model(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def guide(self, *args, **kwargs):
+        return self._guide(*args, **kwargs)
+
+
+def as_pair(model, guide=None, modules=None) -> nn.Module:
+    """``model`` (an object with ``.model``/``.guide``) or ``(model_fn, guide_fn, modules)`` -> a
+    module with ``.model`` and ``.guide``."""
+    if guide is None:
+        if not (hasattr(model, "model") and hasattr(model, "guide")):
+            raise TypeError("pass a module with .model and .guide methods, or a model function "
+                            "with guide=... (and modules=... holding their parameters)")
+        if isinstance(model, nn.Module) and modules is None:
+            return model
+        if modules is None:
+            raise TypeError(f"{type(model).__name__} has .model/.guide but is not an nn.Module; "
+                            "pass modules=... holding its parameters")
+        return ModelGuide(model.model, model.guide, modules)
+    if not (callable(model) and callable(guide)):
+        raise TypeError("model and guide must be callables")
+    return ModelGuide(model, guide, modules)
+
+
+def match_shape(x: torch.Tensor, pair, what: str = "data") -> torch.Tensor:
+    """Reshape ``x`` to the pair's ``x_shape`` (if it declares one) when the number of values per
+    datapoint agrees; a ``ValueError`` naming both shapes when it does not."""
+    shape = getattr(pair, "x_shape", None)
+    if shape is None or tuple(x.shape[1:]) == tuple(shape):
+        return x
+    if math.prod(x.shape[1:]) != math.prod(shape):
+        raise ValueError(f"{what} of shape {tuple(x.shape[1:])} per datapoint do not fit the model's "
+                         f"x_shape {tuple(shape)}")
+    return x.reshape((x.shape[0],) + tuple(shape))
+
+
+def load_program(spec: str) -> nn.Module:
+    """A model/guide pair of your own from ``"path/to/file.py:Name"`` or ``"package.module:Name"``:
+    ``Name`` is an ``nn.Module`` class with ``.model``/``.guide`` (built with no arguments), or a
+    function returning such a module. The CLI's ``--model`` takes these."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ValueError(f"--model {spec!r}: write FILE.py:NAME or module:NAME for a program of your own")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise FileNotFoundError(f"--model {spec!r}: no such file {path}")
+        mod_name = f"_pvae_program_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ValueError(f"--model {spec!r}: cannot import {where}: {e}") from None
+    if not hasattr(module, name):
+        raise ValueError(f"--model {spec!r}: {where} has no {name}")
+    obj = getattr(module, name)()
+    return as_pair(obj)

@@ -1,0 +1,257 @@
+r"""Reading a Pyro program: per-datapoint log-densities of any model/guide pair, as Pyro users
+write them.
+
+pvae's bounds and its evaluator need, for one datapoint x_b and draws z_1..z_k ~ q(z|x_b),
+
+.. math:: \log w_{ib} = \log p(x_b | z_i) + \log p(z_i) - \log q(z_i | x_b),
+
+one number per particle and datapoint, where Pyro's own ``vectorized_importance_weights`` sums
+over the batch. `analyse` traces a program once, on its first batch, and finds what that
+takes (NumPyro's ``log_density`` traces once in the same spirit):
+
+- **the data plate**: the ``pyro.plate`` that runs over the datapoints, named anything, sized,
+  sizeless (``pyro.plate("data")``) or subsampled; the plate around every observed site whose
+  size is the batch's. ``data_plate=`` names it where that is ambiguous;
+- **the plate nesting**: how many plate dims the program uses (particles go to the left);
+- **vectorized or sequential particles**: a program whose nets take an extra leading particle
+  dim gets k particles in one pass; one whose nets cannot (BatchNorm on a 2-d batch,
+  ``x.reshape(-1, 784)``, ``.view(batch, ...)``) fails on a trial or gives other log-weights
+  than one particle at a time, and then gets one trace per particle, as Pyro's non-vectorized
+  ``Trace_ELBO`` does;
+- **global latents**: latent sites outside the data plate (a shared noise scale, priors on
+  weights). Pyro's ELBOs train them; per-datapoint evaluation conditions on a point estimate
+  from the guide (its mean) and says so;
+- **scales**: ``poutine.scale`` (beta, KL annealing, minibatch N/B) is a training device;
+  log-densities here are unscaled, and evaluation says once that scales were left out.
+
+Masks (``poutine.mask``, ``obs_mask=``, ``.mask()``) zero the masked entries' log-densities;
+``pyro.factor`` sites count as observed; ``pyro.deterministic`` sites count nothing. A latent
+site of the model that the guide lacks (``obs_mask``'s ``x_unobserved``) is drawn from its prior,
+as Pyro's replay does, and its density cancels in the weight.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from pyro import poutine
+
+from pvae.infer.inputs import Inputs, own_model
+from pvae.infer.sites import (
+    DATA_PLATE,
+    LogWeightTerms,
+    ParticleShapeError,
+    Program,
+    find_data_plate,
+    forked_rng,
+    in_plate,
+    is_counted,
+    latent_sites,
+    plain_traces,
+)
+from pvae.infer.traces import single_traces, terms_from_traces, vectorized_traces
+
+
+def program_of(pair, inputs: Inputs, data_plate: str | None = None, batch_size: int = 100) -> Program:
+    """What tracing the pair once finds (cached on the pair by [`pvae.fit`][pvae.fit])."""
+    cached = getattr(pair, "_pvae_program", None)
+    if cached is not None and data_plate in (None, cached.data_plate):
+        return cached
+    args, kwargs = inputs.head(batch_size)
+    program = analyse(pair.model, pair.guide, args, kwargs, data_plate=data_plate, module=pair,
+                      trusted=own_model(pair))
+    pair._pvae_program = program
+    return program
+
+
+def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None,
+                     data_plate: str | None = None, program: Program | None = None, fixed=None,
+                     complete: bool = True, **kwargs) -> LogWeightTerms:
+    """Draw ``num_particles`` z ~ q(z|x) and return per-datapoint log p(x|z), log p(z) and
+    log q(z|x), each of shape ``(num_particles, batch)``.
+
+    ``model`` and ``guide`` take the same ``*args, **kwargs``. Particles are drawn in one
+    vectorized pass, or one trace each where the program's nets cannot take a particle dim
+    (``program.vectorize``; `analyse` finds out). The draws are reparameterized where the
+    guide's distributions allow it, so the result is differentiable. ``fixed``: a trace of
+    global latents held at point values (see `fix_globals`). ``complete``: every datapoint
+    of the batch must be scored (evaluation); False allows a program that subsamples its data
+    plate itself (training).
+    """
+    if program is None:
+        program = analyse(model, guide, args, kwargs, data_plate=data_plate, check_vectorize=False)
+        if max_plate_nesting is not None:
+            program.nesting = max_plate_nesting
+    skip = tuple(fixed.nodes) if fixed is not None else ()
+    k, nesting = num_particles, program.nesting
+    if program.vectorize:
+        mt, gt = vectorized_traces(model, guide, *args, num_particles=k, max_plate_nesting=nesting, fixed=fixed,
+                                   **kwargs)
+        return terms_from_traces(mt, gt, k, nesting, program.data_plate, skip, complete=complete)
+    terms = [terms_from_traces(*single_traces(model, guide, *args, fixed=fixed, **kwargs), 1, nesting,
+                               program.data_plate, skip, particle=False, complete=complete) for _ in range(k)]
+    return LogWeightTerms(*(torch.cat(t, 0) for t in zip(*(t[:3] for t in terms))),
+                          terms[0].latent_scale, terms[0].obs_scale)
+
+
+# -- analysis -------------------------------------------------------------------------------
+
+def _particle(value: torch.Tensor, site, i: int, k: int, nesting: int) -> torch.Tensor:
+    dim = value.dim() - len(site["fn"].event_shape) - (nesting + 1)
+    if dim >= 0 and value.shape[dim] == k:
+        return value.select(dim, i)
+    return value
+
+
+def _same_one_at_a_time(model, guide, args, kwargs, program: Program, module=None) -> bool:
+    """Vectorized log-weights of 2 particles equal those of each particle replayed alone (nets in
+    eval mode, so that dropout does not differ)."""
+    was = module.training if module is not None else None
+    if module is not None:
+        module.eval()
+    try:
+        mt, gt = vectorized_traces(model, guide, *args, num_particles=2, max_plate_nesting=program.nesting, **kwargs)
+        skip = program.global_sites
+        vec = terms_from_traces(mt, gt, 2, program.nesting, program.data_plate, skip, complete=False).log_weights
+        for i in range(2):
+            one = poutine.Trace()
+            for name, site in latent_sites(gt):
+                one.add_node(name, **dict(site, value=_particle(site["value"], site, i, 2, program.nesting)))
+            seq = terms_from_traces(*single_traces(model, guide, *args, fixed=one, **kwargs), 1, program.nesting,
+                                    program.data_plate, skip, particle=False, complete=False).log_weights[0]
+            if seq.shape != vec[i].shape or not bool(((seq - vec[i]).abs() <= 1e-3 * (1 + seq.abs())).all()):
+                return False
+        return True
+    finally:
+        if module is not None:
+            module.train(was)
+
+
+def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None, module=None,
+            check_vectorize: bool = True, trusted: bool = False) -> Program:
+    """Trace ``guide`` and ``model`` once on ``args``/``kwargs`` (a first batch) and read off a
+    `Program`. ``module`` (the ``nn.Module`` holding the nets) is put in eval mode for the
+    vectorization check; ``trusted`` skips that check (pvae's own models broadcast particles)."""
+    kwargs = kwargs or {}
+    model_trace, guide_trace = plain_traces(model, guide, *args, **kwargs)
+    first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.dim()), None)
+    batch = first.shape[0] if first is not None else None
+    if trusted and data_plate is None:
+        data_plate = DATA_PLATE
+    plate = find_data_plate(model_trace, guide_trace, batch, data_plate)
+    nesting, global_sites, scaled = 0, [], []
+    for tr in (model_trace, guide_trace):
+        for name, site in tr.nodes.items():
+            if not is_counted(site):
+                continue
+            nesting = max([nesting] + [-f.dim for f in site["cond_indep_stack"] if f.vectorized])
+            if not site["is_observed"] and not in_plate(site, plate) and name not in global_sites:
+                global_sites.append(name)
+            scale = site["scale"]
+            if isinstance(scale, torch.Tensor) or scale != 1.0:
+                if name not in scaled and not _only_subsample_scale(site, plate):
+                    scaled.append(name)
+    prior = [(n, s) for n, s in latent_sites(model_trace) if n not in guide_trace.nodes]
+    prior_sites = [n for n, _ in prior]
+    model_enumerated = tuple(n for n, s in prior if s["infer"].get("enumerate"))
+    guide_latents = latent_sites(guide_trace)
+    auxiliary = tuple(n for n, s in guide_latents if s["infer"].get("is_auxiliary"))
+    guide_only = [n for n, _ in guide_latents if n not in model_trace.nodes and n not in auxiliary]
+    not_rep = [n for n, s in guide_latents if not s["fn"].has_rsample]
+    enumerated = any(s["infer"].get("enumerate") for tr in (model_trace, guide_trace)
+                     for s in tr.nodes.values() if s["type"] == "sample")
+    program = Program(plate, nesting, vectorize=True, global_sites=tuple(global_sites), scaled_sites=tuple(scaled),
+                      prior_sites=tuple(prior_sites), guide_only=tuple(guide_only), auxiliary=auxiliary,
+                      model_enumerated=model_enumerated, enumerated=enumerated,
+                      not_reparameterized=tuple(not_rep), checked=check_vectorize or trusted)
+    unexpected = [n for n in prior_sites if not n.endswith("_unobserved") and n not in model_enumerated]
+    if unexpected:
+        warnings.warn(f"latent sites {unexpected} of the model have no match in the guide: they are drawn from "
+                      "their prior (as Pyro's replay does), so q(z|x) does not cover them", stacklevel=3)
+    if check_vectorize and not trusted:
+        reason = None
+        with poutine.block(), torch.no_grad(), forked_rng():
+            try:  # everything raised here is raised by the program's own code
+                mt, gt = vectorized_traces(model, guide, *args, num_particles=2, max_plate_nesting=nesting, **kwargs)
+            except Exception as e:  # noqa: BLE001 - nets that cannot take a particle dim
+                mt = None
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            try:
+                if mt is not None:
+                    terms_from_traces(mt, gt, 2, nesting, plate, tuple(global_sites), complete=False)
+                    if not _same_one_at_a_time(model, guide, args, kwargs, program, module):
+                        reason = "a vectorized draw gives other log-weights than one particle at a time"
+            except ParticleShapeError as e:
+                reason = str(e)
+        if reason is not None:
+            go_sequential(program, reason)
+    return program
+
+
+def go_sequential(program: Program, reason: str) -> None:
+    """Draw particles one trace at a time from now on, and say so once."""
+    program.vectorize, program.checked = False, True
+    note = (f"the program's nets do not take a leading particle dim ({reason[:200]}); pvae draws "
+            "particles one trace at a time")
+    program.notes.append(note)
+    warnings.warn(note, stacklevel=4)
+
+
+def _only_subsample_scale(site, plate: str) -> bool:
+    """Whether a site's scale is just its plates' subsampling factor (full size / subsample size)."""
+    scale = site["scale"]
+    if isinstance(scale, torch.Tensor):
+        return False
+    expected = 1.0
+    for f in site["cond_indep_stack"]:
+        full = getattr(f, "full_size", None)
+        if full:
+            expected *= full / f.size
+    return abs(scale - expected) <= 1e-9 * max(1.0, expected)
+
+
+# -- parameters the program keeps in Pyro's param store ----------------------------------------
+
+def store_params(pair, args=(), kwargs=None) -> dict:
+    """``{name: unconstrained tensor}`` for the parameters that the program registers in Pyro's
+    global param store (``pyro.param``, ``pyro.module``) and that ``pair`` does not hold itself;
+    pvae trains, checkpoints and restores them as Pyro's SVI does. Creating them (first call of
+    ``pyro.param``) happens here, on ``args``."""
+    kwargs = kwargs or {}
+    held = {id(p) for p in pair.parameters()}
+    found = {}
+    with forked_rng(), poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(pair.guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args, **kwargs)
+    for tr in (guide_trace, model_trace):
+        for name, site in tr.nodes.items():
+            if site["type"] != "param":
+                continue
+            ref = getattr(site["value"], "unconstrained", None)
+            t = ref() if ref is not None else site["value"]
+            if t is not None and id(t) not in held and t.requires_grad and t.is_leaf:
+                found[name] = t
+    return found
+
+
+def untrained_leaves(pair, params, args=(), kwargs=None) -> list:
+    """Tensors that require a gradient, that one run of guide and model depends on, and that are
+    not among ``params``: described as strings (shape, dtype)."""
+    kwargs = kwargs or {}
+    have = {id(p) for p in params}
+    with forked_rng(), poutine.block():
+        mt, gt = single_traces(pair.model, pair.guide, *args, **kwargs)
+        total = sum((s["fn"].log_prob(s["value"]).sum() for tr in (mt, gt) for s in tr.nodes.values()
+                     if is_counted(s) and (tr is mt or not s["is_observed"])), torch.zeros(()))
+    missed, seen, stack = [], set(), [total.grad_fn] if total.grad_fn is not None else []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if var is not None and id(var) not in have:
+            missed.append(f"a {tuple(var.shape)} {str(var.dtype).replace('torch.', '')} tensor")
+        stack.extend(f for f, _ in fn.next_functions)
+    return missed

@@ -1,0 +1,131 @@
+"""One epoch of SVI: minibatches drawn on the device, one ``torch.optim.Adam`` step each, through
+the eager step or the compiled one (``compile="auto"`` decides from the first steps).
+
+KL warm-up multiplies the latent sites of model and guide by min(1, step / (warmup_epochs *
+steps_per_epoch)); a model with an ``anneal(step)`` method has it called before every step.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from pvae.infer.handlers import scale_latents
+from pvae.training.distributed import sum_all, wrap
+
+#: ``compile="auto"`` compiles the step when the rest of the run, at the speed of its first eager
+#: steps, would take at least this many seconds: compiling takes 5-25 s per batch shape on 2 CPU
+#: cores (25 s with inductor's caches cold), and the compiled step takes 0.45-0.6x the eager
+#: step's time for the IWAE paper's net (benchmarks/README.md), so it pays from about a minute on
+COMPILE_PAYS_FROM = 60.0
+
+
+class AutoStep:
+    """``compile="auto"``: the first ``probe`` steps run eager and are timed; if the remaining
+    ``steps`` at that speed would take `COMPILE_PAYS_FROM` seconds or more, the compiled step
+    (``build()``) takes over. ``grad_norm`` and ``updated`` are the active step's."""
+
+    def __init__(self, eager, build, steps: int, device, probe: int = 5):
+        self.eager, self.build, self.steps, self.device, self.probe = eager, build, steps, device, probe
+        self.active, self.seconds, self.calls = eager, 0.0, 0
+
+    grad_norm = property(lambda self: getattr(self.active, "grad_norm", None))
+    updated = property(lambda self: getattr(self.active, "updated", False))
+
+    def __call__(self, *args, **kwargs):
+        if self.calls >= self.probe:
+            return self.active(*args, **kwargs)
+        self.calls += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        loss = self.eager(*args, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self.calls > 1:  # the first step pays one-time costs
+            self.seconds += time.perf_counter() - t0
+        if self.calls == self.probe and self.seconds / (self.probe - 1) * (self.steps - self.probe) >= COMPILE_PAYS_FROM:
+            self.active = self.build()
+        return loss
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """One ``torch.optim.Adam`` over all parameters, with torch's fused kernel where it takes them
+    (one kernel for every tensor: 0.2 ms a step for the IWAE paper's net on CPU, against 1.0 ms)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # a device or dtype the fused kernel does not take
+        return torch.optim.Adam(params, lr=lr)
+
+
+def _step_loss(pair, elbo, ctx, device):
+    """``xb -> loss`` with the gradients filled in: through a (DDP-wrapped) loss module where the
+    objective has ``differentiable_loss``, else through its ``loss_and_grads``."""
+    if hasattr(elbo, "differentiable_loss"):
+        engine = wrap(pair, elbo, ctx, device)
+
+        def step_loss(*args, **kwargs):
+            loss = engine(*args, **kwargs)  # times the number of processes: DDP averages gradients
+            loss.backward()
+            return loss.detach() / ctx.world
+        return step_loss
+    return lambda *args, **kwargs: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args, **kwargs))
+
+
+def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs, optimizer, clip_grad):
+    """The compiled step, Adam update included, where nothing blocks it (one line says what does)."""
+    from pvae.infer.compiled import CompiledStep
+
+    blocked = ("multi-process training" if ctx.active else "KL warm-up changes a scale every step" if warmup_epochs
+               else "the model anneals a value every step" if hasattr(pair, "anneal") else None)
+    def speak(line):
+        warnings.warn(line, stacklevel=3)
+
+    if blocked:
+        speak(f"compile='step': the step stays eager: {blocked}")
+        return step_loss
+    return CompiledStep(pair, elbo, params, step_loss, say=speak, optimizer=optimizer, clip_grad=clip_grad)
+
+
+def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
+                 epoch, kl_scale, steps):
+    """One pass over the data; returns (summed loss, datapoints seen, the last KL scale), all ranks summed."""
+    pair.train()
+    device = inputs.x.device
+    total, seen, scale = torch.zeros((), device=device), 0, 1.0
+    anneal = getattr(pair, "anneal", None)  # a model's own schedule (e.g. a Gumbel-softmax temperature)
+    faults.start_epoch(device)
+    for step in bar:
+        idx = perm[step * batch_size:(step + 1) * batch_size]
+        idx = idx[ctx.rank::ctx.world] if ctx.active else idx
+        xb = inputs.x.index_select(0, idx)
+        if binarize == "dynamic":
+            xb = (torch.rand_like(xb) < xb).to(xb.dtype)  # Bernoulli(xb); twice as fast as torch.bernoulli on CPU
+        args, kwargs = inputs.take(idx, x=xb)
+        scale = kl_scale(epoch * steps + step + 1)
+        if anneal is not None:
+            anneal(epoch * steps + step)
+        optimizer.zero_grad(set_to_none=True)
+        with scale_latents(scale=scale):  # warm-up: latent sites of model and guide alike (no-op at 1)
+            loss = step_loss(*args, **kwargs)
+        updated = getattr(step_loss, "updated", False)  # the compiled step took the Adam step itself
+        grad_norm = getattr(step_loss, "grad_norm", None)  # ... or computed the norm in its graph
+        if grad_norm is None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+        elif clip_grad and not updated:
+            torch.nn.utils.clip_grads_with_norm_(params, clip_grad, grad_norm)
+        if not faults.allows_step(torch.isfinite(loss) & torch.isfinite(grad_norm), optimizer, epoch, step):
+            if faults.deferred:  # (an updating graph left the parameters as they were on a non-finite step)
+                break
+            continue
+        if not updated:
+            optimizer.step()
+        total += loss
+        seen += xb.shape[0]
+        if not bar.disable and (step % 20 == 0 or step == steps - 1):
+            bar.set_postfix(loss=f"{float(total) / seen:.2f}")
+    total, seen = sum_all(total, ctx), int(sum_all(torch.tensor(seen, device=device), ctx))
+    faults.end_epoch(epoch)
+    return total, seen, scale
