@@ -121,3 +121,21 @@ def test_active_units_of_a_guide_without_closed_form_mean_ignore_monte_carlo_noi
     # 50 draws a datapoint: the mean's Monte Carlo variance (1/50 = 0.02) alone exceeds 0.01
     au = pvae.active_units(m, x, num_samples=50)
     assert au["active"] == 1, au["variances"]
+
+
+def test_an_unreliable_estimate_is_said_where_it_is_shown():
+    """Most k-hats above 0.7 (a guide far narrower than the posterior): evaluate's summary carries a
+    note naming the share and the fixes, and a warning says it; a good guide gets neither."""
+    import warnings
+
+    m = PPCA(x_dim=5, z_dim=2)
+    x = m.sample_x(40)
+    m.set_guide(mean_shift=1.5, scale_factor=0.3)
+    with pytest.warns(UserWarning, match=r"PSIS k-hat exceeds 0.7 for \d+% of the datapoints.*raise k.*AIS"):
+        bad = pvae.evaluate(m, x, k=200, progress=False, units=False)["summary"]
+    assert bad["khat_gt_0_7"] > 0.5 and any("k-hat exceeds 0.7" in n for n in bad["notes"])
+    m.set_guide()  # the exact posterior: every weight equal
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        good = pvae.evaluate(m, x, k=200, progress=False, units=False)["summary"]
+    assert good["khat_gt_0_7"] < 0.5 and not any("k-hat" in n for n in good.get("notes", []))

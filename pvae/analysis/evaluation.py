@@ -8,6 +8,7 @@ E_q[log p(x|z)] and KL E_q[log q(z|x) - log p(z)] terms, the effective sample si
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from pyro import poutine
@@ -154,6 +155,12 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
         out["unreliable"] = kh > 0.7
         s.update(khat_median=float(kh.median()), khat_max=float(kh.max()), khat_gt_0_7=float((kh > 0.7).double().mean()))
     notes = pair._pvae_program.eval_notes() if getattr(pair, "_pvae_program", None) is not None else []
+    if s.get("khat_gt_0_7", 0) > 0.5:  # most estimates untrustworthy: said where the number is shown
+        line = (f"PSIS k-hat exceeds 0.7 for {s['khat_gt_0_7']:.0%} of the datapoints, so log p(x) from k = {k} "
+                "importance samples is unreliable there (noisy, and biased low): raise k, estimate by AIS "
+                "(method='ais', pvae eval --method ais), or train with an importance-weighted objective (iwae)")
+        notes = notes + [line]
+        warnings.warn(line, stacklevel=2)
     if units:
         s["active_units"] = active_units(pair, data, device=device)["active"]
         if s["active_units"] is None:

@@ -213,6 +213,8 @@ def resume_settings(args) -> None:
                              "or start a new run to change it)")
         if key not in given and hasattr(args, key):
             setattr(args, key, saved)
+    if "eval_k" not in given and data.get("eval_k") is not None and hasattr(args, "eval_k"):
+        args.eval_k = data["eval_k"]  # the run's own evaluation budget, unless one is given
     if args.run_dir is None:
         args.run_dir = str(folder)
 

@@ -16,7 +16,9 @@ def cmd_demo(args):
                            model="vae", prior=None, prior_components=None, prior_flow_steps=None,
                            preset=None, inference="bottom-up", rank=None, flow_steps=None,
                            k=1, alpha=0.5, batch_size=100, lr=1e-3, warmup_epochs=0, resume=None, precision="fp32",
-                           compile=False, clip_grad=None, exclude_class=None).items():
+                           compile=False, clip_grad=None, exclude_class=None, optimizer="adam",
+                           optimizer_args=None, scheduler=None, scheduler_args=None, validation=None,
+                           early_stopping=None).items():
         setattr(args, key, value)
     if args.smoke:
         args.epochs, args.eval_k, args.n_train, args.n_test = 1, 10, 500, 100

@@ -70,6 +70,35 @@ POSITIVE, NATURAL = _integer(1), _integer(0)
 
 
 # -- the parser ---------------------------------------------------------------------------------
+def _keywords(value: str) -> dict:
+    """``k=v,k=v`` as keyword arguments; each value read as JSON where it parses (0.9, true, [0.9, 0.99])."""
+    import json
+
+    out = {}
+    for part in filter(None, (p.strip() for p in _split_top(value))):
+        key, eq, raw = part.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise argparse.ArgumentTypeError(f"{part!r} is not KEY=VALUE (e.g. momentum=0.9)")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
+def _split_top(value: str) -> list:
+    """Split at commas outside brackets (betas=[0.9,0.99] stays one part)."""
+    parts, depth, cur = [], 0, ""
+    for ch in value:
+        depth += ch in "[(" and 1 or (-1 if ch in "])" else 0)
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
 def _add_data_args(p, defaults=True):
     p.add_argument("--dataset", default=EMBEDDED if defaults else None,
                    help=f"dataset name ({EMBEDDED}, fashion-mnist, mnist, binarized-mnist) or a .npy/.npz path")
@@ -154,9 +183,21 @@ def _add_budget_args(p):
     p.add_argument("--lr", type=_real(0, open_low=True), default=1e-3, help="Adam's learning rate")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyro-vae")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        import pvae
+
+        return pvae.__version__
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pvae", formatter_class=_Formatter, description="Variational autoencoders as Pyro model/guide pairs.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,apply,compare,demo}")
+    ap.add_argument("--version", action="version", version=f"pvae {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", formatter_class=_Formatter, help="train a VAE and evaluate it", description="Train a VAE by SVI, then "
                        "evaluate log p(x) with k importance samples; everything goes into --run-dir.")
@@ -179,6 +220,20 @@ def parser() -> argparse.ArgumentParser:
                    help="trace and compile the whole training step once per batch shape; auto: when the first 5 "
                         "steps show the run long enough for compiling to pay (docs/training.md)")
     t.add_argument("--clip-grad", type=_real(0, open_low=True), default=None, help="clip the gradients' global norm")
+    t.add_argument("--optimizer", default="adam", metavar="NAME",
+                   help="adam (default), or any torch.optim class by name: adamw, sgd, rmsprop, ...")
+    t.add_argument("--optimizer-args", type=_keywords, default=None, metavar="K=V,...",
+                   help="the optimizer's arguments, e.g. momentum=0.9,nesterov=true (lr is --lr)")
+    t.add_argument("--scheduler", default=None, metavar="NAME",
+                   help="learning-rate schedule stepped every epoch: cosine, step, exponential, plateau, or a "
+                        "torch.optim.lr_scheduler class name")
+    t.add_argument("--scheduler-args", type=_keywords, default=None, metavar="K=V,...",
+                   help="the schedule's arguments, e.g. step_size=5,gamma=0.5")
+    t.add_argument("--validation", type=_real(0, open_low=True, high=1), default=None, metavar="FRACTION",
+                   help="hold out this fraction of the training data: its ELBO picks best.pt and drives "
+                        "--early-stopping and the plateau schedule")
+    t.add_argument("--early-stopping", type=POSITIVE, default=None, metavar="EPOCHS",
+                   help="stop when the validation (else test) ELBO has not improved for this many epochs")
     t.add_argument("--eval-k", type=NATURAL, default=5000, help="importance samples for test log p(x) (0: skip)")
     _add_run_args(t, "train")
     t.add_argument("--resume", default=None, help="run folder or checkpoint to continue (in that folder unless "
@@ -268,6 +323,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--smoke", action="store_true", help="a tiny budget (seconds), to check the install")
     _add_common(d)
     d.set_defaults(func=cmd_demo)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # the usage line names every command
     return ap
 
 

@@ -48,11 +48,12 @@ def _train_in(args, run_dir, main_rank):
 
     from pvae.training.callbacks import TensorBoard
     from pvae.training.fit import fit
-    from pvae.training.runs import RunLock
+    from pvae.training.runs import RunLock, prepare
     from pvae.util.files import dumps, write_text
 
     with RunLock(run_dir) if main_rank else contextlib.nullcontext():
-        if main_rank:
+        if main_rank:  # again under the lock: another process may have written a run since the first look
+            prepare(run_dir, overwrite=args.overwrite, resume=args.resume)
             print(f"writing to {run_dir}", flush=True)
         train, test = load_split(args, "train"), load_split(args, "test")
         torch.manual_seed(args.seed)  # the same command builds the same initial weights
@@ -62,15 +63,21 @@ def _train_in(args, run_dir, main_rank):
             from pvae.training.checkpoint import load
 
             model = load(args.resume)
+        data = {k: getattr(args, k, None) for k in ("dataset", "data_dir", "n_train", "n_test", "exclude_class")}
+        data.update(binarize=binarization(args), eval_k=args.eval_k)
+        if own_program(args):  # how `pvae eval` rebuilds it
+            data["program"] = args.model
+        if main_rank:  # before the first step: an interrupted run still knows what it trained on
+            write_text(run_dir / "data.json", dumps(data))
         h = fit(model, training_data(args, train), objective=default_objective(args), k=args.k, alpha=args.alpha,
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                 test=test, warmup_epochs=args.warmup_epochs, run_dir=run_dir, resume=args.resume,
                 progress=not args.quiet, precision=args.precision, clip_grad=args.clip_grad,
+                optimizer=args.optimizer, optimizer_args=args.optimizer_args, scheduler=args.scheduler,
+                scheduler_args=args.scheduler_args, validation=args.validation, early_stopping=args.early_stopping,
                 compile=compile_option(args),
                 data_plate=getattr(args, "data_plate", None), overwrite=True,
                 callbacks=[TensorBoard(args.tensorboard)] if getattr(args, "tensorboard", None) else ())
-        data = {k: getattr(args, k, None) for k in ("dataset", "data_dir", "n_train", "n_test", "exclude_class")}
-        data["binarize"] = binarization(args)
         if args.model == "vqvae" and getattr(args, "code_prior_epochs", 0) and main_rank:
             from pvae.training.checkpoint import update_model
             from pvae.training.code_prior import fit_code_prior
@@ -79,12 +86,14 @@ def _train_in(args, run_dir, main_rank):
                                     progress=not args.quiet)
             update_model(run_dir / "checkpoint.pt", h.model)  # the prior is part of the model from now on
             h.model._pvae_code_prior = {k: fitted[k] for k in ("test_nll", "uniform_nll", "codes_used")}
-        if own_program(args):  # how `pvae eval` rebuilds it
-            data.update(program=args.model, data_plate=h.program.data_plate)
+        if own_program(args):
+            data["data_plate"] = h.program.data_plate
         if not main_rank:
             return  # under torchrun: rank 0 evaluates and writes the run's files
         write_text(run_dir / "data.json", dumps(data))
         if args.eval_k > 0:
+            if args.resume and (Path(run_dir) / "results.json").exists():
+                print(f"the resumed run's report replaces results.json and summary.md in {run_dir}", flush=True)
             s = report(h.model, test, run_dir, args.eval_k, history=h, progress=not args.quiet, seed=args.seed)
             print(results_table(s))
         print(f"run folder: {run_dir}")

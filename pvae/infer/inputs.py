@@ -72,6 +72,12 @@ class Inputs:
             return (xb,) + rest, kw
         return rest, {self.x_key: xb, **kw}
 
+    def subset(self, idx) -> "Inputs":
+        """The datapoints ``idx`` as inputs of their own."""
+        part = Inputs(self.x[idx], [a[idx] for a in self.args], {k: v[idx] for k, v in self.kwargs.items()}, self.x_key)
+        part.notes = list(self.notes)
+        return part
+
     def head(self, n: int) -> tuple[tuple, dict]:
         return self.take(slice(0, n))
 

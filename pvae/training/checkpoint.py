@@ -23,7 +23,7 @@ REQUIRED = ("model_state", "epoch", "history", "fit_config", "config")
 
 
 def save_checkpoint(path, module, *, optimizer=None, epoch: int = 0, history=None, rng=None,
-                    fit_config=None, pyro_params=None) -> Path:
+                    fit_config=None, pyro_params=None, scheduler=None) -> Path:
     """Write ``module`` (and the training state) to ``path`` atomically; ``pyro_params`` are the
     program's parameters in Pyro's param store (unconstrained values, by store name)."""
     config = getattr(module, "config", None)
@@ -33,6 +33,7 @@ def save_checkpoint(path, module, *, optimizer=None, epoch: int = 0, history=Non
         "config": json.dumps(config),
         "model_state": module.state_dict(),
         "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
         "epoch": int(epoch),
         "history": json.dumps(list(history or [])),
         "fit_config": json.dumps(fit_config or {}),

@@ -42,7 +42,15 @@ from pvae.training.checkpoint import (
 from pvae.training.distributed import Context, launched, setup
 from pvae.training.faults import FaultPolicy, nonfinite_params
 from pvae.training.history import History
-from pvae.training.loop import AutoStep, _compiled, _step_loss, _train_epoch, adam
+from pvae.training.loop import (
+    AutoStep,
+    _compiled,
+    _epochs_since_best,
+    _hold_out,
+    _step_loss,
+    _train_epoch,
+)
+from pvae.training.optim import make_optimizer, make_scheduler, step_scheduler
 from pvae.training.runs import RunLock, prepare
 from pvae.training.settings import FitSettings
 from pvae.util.files import dumps, write_text
@@ -81,7 +89,9 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         clip_grad: float | None = None, on_nonfinite: str = "stop", distributed: bool | None = None,
         precision: str = "fp32", compile: bool | str = "auto", validate: bool = False,
         data_plate: str | None = None, overwrite: bool = False, callbacks=(), keep_best: bool = True,
-        eval_k: int | None = None, flush_denormal: bool = True) -> History:
+        eval_k: int | None = None, flush_denormal: bool = True, optimizer="adam", optimizer_args: dict | None = None,
+        scheduler=None, scheduler_args: dict | None = None, validation=None,
+        early_stopping: int | None = None) -> History:
     """Train a model/guide pair by SVI and return its `History`.
 
     Args:
@@ -113,6 +123,18 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
             importance samples and write the run's report (results.json, summary.md, figures),
             as ``pvae train`` does (None: no report).
         clip_grad: clip the gradients' global norm to this value (None: no clipping).
+        optimizer: ``"adam"`` (the default), any ``torch.optim`` class by name (``"adamw"``,
+            ``"sgd"``, ...) or the class, or a Pyro optimizer (``pyro.optim.Adam({"lr": 1e-3})``):
+            one optimizer over every parameter; see [`pvae.training.optim`][pvae.training.optim].
+        optimizer_args: its keyword arguments (``{"momentum": 0.9}``); ``lr`` is ``lr``'s unless named.
+        scheduler: a learning-rate schedule stepped after every epoch: ``"cosine"``, ``"step"``,
+            ``"exponential"``, ``"plateau"`` (on the validation, else test, ELBO), the name of any
+            ``torch.optim.lr_scheduler`` class, or the class; ``scheduler_args`` its arguments.
+        validation: held-out data for model selection: a fraction of ``train`` (``0.1``: a seeded
+            tenth of the rows, left out of training) or data of their own. Their ELBO is
+            ``val_elbo`` in the history; ``best.pt``, ``"plateau"`` and early stopping follow it.
+        early_stopping: stop when the validation (else test) ELBO has not improved for this many
+            epochs; the best checkpoint stays ``best.pt``.
         on_nonfinite: a NaN/inf loss or gradient ``"stop"``s training with a ``FloatingPointError``
             naming the epoch and step (the last good checkpoint stays), or is ``"skip"``ped: the
             batch is dropped and the learning rate halved (10 in a row stop training).
@@ -138,7 +160,9 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
     s = FitSettings(objective=objective, k=k, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                     warmup_epochs=warmup_epochs, clip_grad=clip_grad, on_nonfinite=on_nonfinite, precision=precision,
                     compile=compile, flush_denormal=flush_denormal, validate=validate, data_plate=data_plate,
-                    keep_best=keep_best, eval_k=eval_k, progress=progress)
+                    keep_best=keep_best, eval_k=eval_k, progress=progress, optimizer=optimizer,
+                    optimizer_args=optimizer_args, scheduler=scheduler, scheduler_args=scheduler_args,
+                    validation=validation, early_stopping=early_stopping)
     try:
         return _fit(model, train, s, guide=guide, modules=modules, device=device, test=test, labels=labels,
                     run_dir=run_dir, resume=resume, distributed=distributed, overwrite=overwrite, callbacks=callbacks)
@@ -164,6 +188,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     inputs: object
     test_inputs: object
+    val_inputs: object
+    schedule: object
     binarize: str
     first_args: tuple
     first_kwargs: dict
@@ -189,7 +215,14 @@ def _fit(model, train, s: FitSettings, *, guide, modules, device, test, labels, 
                              f"processes ({ctx.world})")
     elbo = make_objective(s.objective, k=s.k, alpha=s.alpha) if isinstance(s.objective, str) else s.objective
     inputs, binarize = arrange(pair, train, labels, "training data")
+    inputs, val_inputs = _hold_out(pair, inputs, binarize, s)
     inputs = inputs.to(device)
+    val_inputs = val_inputs.to(device) if val_inputs is not None else None
+    if s.early_stopping is not None and val_inputs is None and test is None:
+        raise ValueError("early_stopping watches the validation or test ELBO: pass validation= (a fraction such as "
+                         "0.1, or data) or test=")
+    if ctx.active and (s.early_stopping is not None or s.scheduler is not None):
+        raise ValueError("early stopping and learning-rate schedules run in one process: leave them out under torchrun")
     test_inputs = None
     if test is not None:
         test_inputs = arrange(pair, test, None, "test data", evaluation=True)[0].to(device)
@@ -215,8 +248,10 @@ def _fit(model, train, s: FitSettings, *, guide, modules, device, test, labels, 
     fit_config = s.config(k=elbo.num_particles, device=device, n_train=inputs.n,
                           n_test=None if test_inputs is None else test_inputs.n, processes=ctx.world,
                           data_plate=program.data_plate, vectorized=program.vectorize)
+    optimizer = make_optimizer(s.optimizer, s.optimizer_args, params, s.lr)
     run = Run(pair=pair, elbo=elbo, ctx=ctx, device=device, program=program, extra=extra, params=params,
-              optimizer=adam(params, s.lr), inputs=inputs, test_inputs=test_inputs, binarize=binarize,
+              optimizer=optimizer, inputs=inputs, test_inputs=test_inputs, val_inputs=val_inputs,
+              schedule=make_scheduler(s.scheduler, s.scheduler_args, optimizer, s.epochs), binarize=binarize,
               first_args=first_args, first_kwargs=first_kwargs, shuffle=shuffle, fit_config=fit_config,
               resume=resume, callbacks=tuple(callbacks))
     if resume is not None:
@@ -252,6 +287,8 @@ def _resume(run: Run, s: FitSettings, resume) -> None:
     restore_store_params(run.extra, state.get("pyro_params") or {})
     if state["optimizer_state"] is not None:
         run.optimizer.load_state_dict(state["optimizer_state"])
+    if run.schedule is not None and state.get("scheduler_state"):
+        run.schedule.load_state_dict(state["scheduler_state"])
     run.history.extend(state["history"])
     run.start_epoch = state["epoch"]
     if s.epochs <= run.start_epoch:
@@ -280,7 +317,9 @@ def _fit_epochs(run: Run, s: FitSettings) -> None:
     if run_dir is not None:
         faults.saved = (Path(run.resume) if run.resume is not None and run_dir != Path(run.resume) else run_dir
                         ) / CHECKPOINT, run.start_epoch
-    best = max((r["test_elbo"] for r in history if r.get("test_elbo") is not None), default=-math.inf)
+    watched = "val_elbo" if run.val_inputs is not None else "test_elbo"  # what best.pt, plateau and stopping follow
+    best = max((r[watched] for r in history if r.get(watched) is not None), default=-math.inf)
+    since_best = _epochs_since_best(history, watched)
     point_mass = getattr(pair, "point_mass", False)
     with pyro.validation_enabled(s.validate):
         configure(elbo, program)
@@ -317,24 +356,43 @@ def _fit_epochs(run: Run, s: FitSettings) -> None:
                 record["test_elbo"] = mean_elbo(pair, test_inputs, program)
                 if math.isnan(record["test_elbo"]):
                     raise FloatingPointError(f"the test ELBO is NaN after epoch {epoch + 1}; {faults.kept()}")
+            if run.val_inputs is not None:
+                pair.eval()
+                record["val_elbo"] = mean_elbo(pair, run.val_inputs, program)
+            step_scheduler(run.schedule, record.get(watched))
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            improved = record.get(watched) is not None and record[watched] > best
+            since_best = 0 if improved else since_best + 1
+            stop = s.early_stopping is not None and since_best >= s.early_stopping and epoch + 1 < epochs
+            if stop:
+                record["stopped_early"] = True
             history.append(record)
             if progress:
                 what = "test log p(x|z)" if point_mass else "test ELBO"
                 say(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.2f}"
                     + (f"  {what} {record['test_elbo']:.2f}" if "test_elbo" in record else "")
+                    + (f"  validation ELBO {record['val_elbo']:.2f}" if "val_elbo" in record else "")
                     + f"  {record['seconds']:.1f}s")
             if run_dir is not None and ctx.main:
-                is_best = s.keep_best and record.get("test_elbo") is not None and record["test_elbo"] > best
+                is_best = s.keep_best and improved
                 if is_best:
-                    best, record["best"] = record["test_elbo"], True
+                    record["best"] = True
                 save = dict(optimizer=optimizer, epoch=epoch + 1, history=history, rng=_rng_state(shuffle),
-                            fit_config=run.fit_config, pyro_params=extra)
+                            fit_config=run.fit_config, pyro_params=extra, scheduler=run.schedule)
                 save_checkpoint(run_dir / CHECKPOINT, pair, **save)
                 faults.saved = (run_dir / CHECKPOINT, epoch + 1)
                 if is_best:
                     save_checkpoint(run_dir / BEST, pair, **save)
                 history.save(run_dir)
+            if improved:
+                best = record[watched]
             for callback in run.callbacks:
                 callback(record, history)
+            if stop:
+                if progress:
+                    say(f"early stopping: the {watched.replace('_', ' ').replace('val', 'validation').replace('elbo', 'ELBO')} "
+                        f"has not improved for {s.early_stopping} epochs (best {best:.2f})")
+                break
     if ctx.active:
         torch.distributed.barrier()  # rank 0 has written its checkpoint before anyone returns
+

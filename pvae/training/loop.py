@@ -7,13 +7,17 @@ steps_per_epoch)); a model with an ``anneal(step)`` method has it called before 
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
 import torch
 
+from pvae.data.datasets import binarize as binarize_x
 from pvae.infer.handlers import scale_latents
+from pvae.infer.inputs import arrange
 from pvae.training.distributed import sum_all, wrap
+from pvae.training.settings import FitSettings
 
 #: ``compile="auto"`` compiles the step when the rest of the run, at the speed of its first eager
 #: steps, would take at least this many seconds: compiling takes 5-25 s per batch shape on 2 CPU
@@ -49,15 +53,6 @@ class AutoStep:
         if self.calls == self.probe and self.seconds / (self.probe - 1) * (self.steps - self.probe) >= COMPILE_PAYS_FROM:
             self.active = self.build()
         return loss
-
-
-def adam(params, lr: float) -> torch.optim.Adam:
-    """One ``torch.optim.Adam`` over all parameters, with torch's fused kernel where it takes them
-    (one kernel for every tensor: 0.2 ms a step for the IWAE paper's net on CPU, against 1.0 ms)."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError, TypeError):  # a device or dtype the fused kernel does not take
-        return torch.optim.Adam(params, lr=lr)
 
 
 def _step_loss(pair, elbo, ctx, device):
@@ -129,3 +124,34 @@ def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, b
     total, seen = sum_all(total, ctx), int(sum_all(torch.tensor(seen, device=device), ctx))
     faults.end_epoch(epoch)
     return total, seen, scale
+
+
+def _epochs_since_best(history, watched: str) -> int:
+    """Epochs since the watched ELBO last improved (a resumed run's early stopping goes on counting)."""
+    best, since = -math.inf, 0
+    for r in history:
+        value = r.get(watched)
+        if value is not None and value > best:
+            best, since = value, 0
+        else:
+            since += 1
+    return since
+
+
+def _hold_out(pair, inputs, binarize: str, s: FitSettings):
+    """``(training inputs, validation inputs or None)``: a seeded fraction of the rows held out, or
+    the validation data arranged as the program takes them (binarized once where training is dynamic)."""
+    if s.validation is None:
+        return inputs, None
+    if isinstance(s.validation, float):
+        n = inputs.n
+        held = max(1, round(s.validation * n))
+        if held >= n:
+            raise ValueError(f"validation={s.validation} of {n} training datapoints leaves none to train on")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed + 1))
+        val_idx, train_idx = order[:held].sort().values, order[held:].sort().values
+        val = inputs.subset(val_idx)
+        if binarize == "dynamic":
+            val.x = binarize_x(val.x, "static")
+        return inputs.subset(train_idx), val
+    return inputs, arrange(pair, s.validation, None, "validation data", evaluation=True)[0]

@@ -6,13 +6,16 @@ record with the settings given (`FitSettings.check_resume`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
+from pvae.training.optim import check_optimizer, check_scheduler, optimizer_name
 from pvae.util.validate import check_number, check_positive_int
 
 #: the settings a resumed run must share with the run it continues
-RESUMED = ("objective", "k", "alpha", "batch_size", "lr", "seed", "warmup_epochs", "clip_grad")
+RESUMED = ("objective", "k", "alpha", "batch_size", "lr", "seed", "warmup_epochs", "clip_grad", "optimizer",
+           "optimizer_args", "scheduler", "scheduler_args", "validation", "early_stopping")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,13 @@ class FitSettings:
     warmup_epochs: float = 0
     clip_grad: float | None = None
     on_nonfinite: str = "stop"
+    optimizer: Any = "adam"
+    optimizer_args: dict | None = None
+    scheduler: Any = None
+    scheduler_args: dict | None = None
+    # held-out data
+    validation: Any = None
+    early_stopping: int | None = None
     # how the step runs
     precision: str = "fp32"
     compile: bool | str = "auto"
@@ -58,6 +68,13 @@ class FitSettings:
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         if self.eval_k is not None:
             check_positive_int("eval_k", self.eval_k)
+        check_optimizer(self.optimizer, self.optimizer_args)
+        check_scheduler(self.scheduler, self.scheduler_args)
+        if isinstance(self.validation, float) and not 0 < self.validation < 1:
+            raise ValueError(f"validation must be a fraction of the training data in (0, 1) or held-out data, "
+                             f"got {self.validation!r}")
+        if self.early_stopping is not None:
+            check_positive_int("early_stopping (epochs without improvement)", self.early_stopping)
         if self.compile not in (False, True, "step", "auto"):
             raise ValueError(f"compile must be 'auto', 'step' (the whole step), False or True (the nets), "
                              f"got {self.compile!r}")
@@ -74,12 +91,18 @@ class FitSettings:
         """The ``"fit"`` record of config.json and of every checkpoint: these settings (the objective
         by name) plus what the run found (the objective's particles, device, data sizes, processes,
         data plate, particle mode)."""
-        return {"objective": self.objective if isinstance(self.objective, str) else type(self.objective).__name__,
-                "k": k, "alpha": self.alpha, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                "seed": self.seed, "device": str(device), "warmup_epochs": self.warmup_epochs, "n_train": n_train,
-                "n_test": n_test, "clip_grad": self.clip_grad, "on_nonfinite": self.on_nonfinite,
-                "processes": processes, "precision": self.precision, "compile": self.compile,
-                "data_plate": data_plate, "vectorized_particles": vectorized}
+        validation = self.validation if self.validation is None or isinstance(self.validation, float) else "data"
+        record = {"objective": self.objective if isinstance(self.objective, str) else type(self.objective).__name__,
+                  "k": k, "alpha": self.alpha, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                  "seed": self.seed, "device": str(device), "warmup_epochs": self.warmup_epochs, "n_train": n_train,
+                  "n_test": n_test, "clip_grad": self.clip_grad, "on_nonfinite": self.on_nonfinite,
+                  "processes": processes, "precision": self.precision, "compile": self.compile,
+                  "data_plate": data_plate, "vectorized_particles": vectorized,
+                  "optimizer": optimizer_name(self.optimizer), "optimizer_args": self.optimizer_args,
+                  "scheduler": None if self.scheduler is None else optimizer_name(self.scheduler),
+                  "scheduler_args": self.scheduler_args, "validation": validation,
+                  "early_stopping": self.early_stopping}
+        return json.loads(json.dumps(record, default=str))  # as config.json reads back (tuples as lists)
 
     @staticmethod
     def check_resume(saved: dict, given: dict, path) -> None:
