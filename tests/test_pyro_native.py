@@ -132,3 +132,58 @@ def test_fit_still_trains_programs_that_register_nothing():
     assert all(not torch.equal(p, p0) for p, p0 in zip((*enc.parameters(), *dec.parameters()), before))
     assert h[-1]["train_loss"] < h[0]["train_loss"] - 5, (h[0]["train_loss"], h[-1]["train_loss"])
     assert len(pyro.get_param_store().keys()) == 0
+
+
+def _named_program():
+    """Pyro's examples/vae style: pyro.module under fixed names ("encoder", "decoder") and a
+    pyro.param of the program's own."""
+    import pyro.distributions as dist
+
+    class Named(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = torch.nn.Linear(64, 4), torch.nn.Linear(2, 64)
+
+        def model(self, x):
+            pyro.module("decoder", self.dec)
+            shift = pyro.param("shift", torch.zeros(()))
+            with pyro.plate("batch", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+                pyro.sample("x", dist.Bernoulli(logits=self.dec(z) + shift).to_event(1), obs=x)
+
+        def guide(self, x):
+            pyro.module("encoder", self.enc)
+            loc, log_scale = self.enc(x).chunk(2, -1)
+            with pyro.plate("batch", x.shape[0]):
+                pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    return Named()
+
+
+def test_two_fits_of_modules_under_the_same_pyro_names_each_train_their_own():
+    """Pyro's store would hand the second module the first one's tensors (pyro.module by name);
+    each fit works in a store of its own that keeps the user's pyro.param values."""
+    x = (torch.rand(64, 64, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    torch.manual_seed(0)
+    first, second = _named_program(), _named_program()
+    pvae.fit(first, x, epochs=2, batch_size=32, lr=1e-2, progress=False)
+    before = [p.detach().clone() for p in second.parameters()]
+    pyro.param("shift").data.fill_(-1.0)  # the user's value: where the second run starts
+    pvae.fit(second, x, epochs=3, batch_size=32, lr=1e-2, progress=False, compile=False)
+    assert all(not torch.equal(p, p0) for p, p0 in zip(second.parameters(), before)), "the second module trained"
+    store = pyro.get_param_store()
+    assert store["decoder$$$weight"] is second.dec.weight  # the store now holds what the second run trained
+    assert -1.2 < float(store["shift"]) < -0.8 and float(store["shift"]) != -1.0  # trained from the user's value
+
+
+def test_the_second_fit_of_a_pyro_module_program_still_compiles():
+    import warnings
+
+    from programs import ExampleVAE as PyroExampleVAE
+
+    x = (torch.rand(64, 784, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    pvae.fit(PyroExampleVAE(x_dim=784, z_dim=4, hidden=16), x, epochs=1, batch_size=32, progress=False, compile=False)
+    with warnings.catch_warnings():  # no pyro.clear_param_store() in between, as a user would write it
+        warnings.simplefilter("error", UserWarning)  # 'the step stays eager: ... param store' would be one
+        pvae.fit(PyroExampleVAE(x_dim=784, z_dim=4, hidden=16), x, epochs=1, batch_size=32, progress=False,
+                 compile="step")

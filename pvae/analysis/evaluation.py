@@ -155,6 +155,9 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
         out["unreliable"] = kh > 0.7
         s.update(khat_median=float(kh.median()), khat_max=float(kh.max()), khat_gt_0_7=float((kh > 0.7).double().mean()))
     notes = pair._pvae_program.eval_notes() if getattr(pair, "_pvae_program", None) is not None else []
+    if getattr(pair, "_pvae_flat_input", False):
+        notes = notes + ["the datapoints reach the program flattened to one vector each, as its nets take them "
+                         "(give the module an x_shape attribute to choose the shape)"]
     if s.get("khat_gt_0_7", 0) > 0.5:  # most estimates untrustworthy: said where the number is shown
         line = (f"PSIS k-hat exceeds 0.7 for {s['khat_gt_0_7']:.0%} of the datapoints, so log p(x) from k = {k} "
                 "importance samples is unreliable there (noisy, and biased low): raise k, estimate by AIS "

@@ -16,10 +16,11 @@ def cmd_apply(args):
     from pvae.analysis import plots
     from pvae.analysis.applications import anomaly_scores, auroc, corrupt, inpaint
     from pvae.util.files import write_text
+    from pvae.util.tensors import device_of
 
     run_dir, model = _open_run(args)
     test = _run_data(run_dir, args)
-    x = test.eval_x().reshape(len(test), -1).to(model.device)
+    x = test.eval_x().reshape(len(test), -1).to(device_of(model))
     out = Path(args.out) if args.out else run_dir / f"{args.task}.png"
     torch.manual_seed(args.seed)
     if args.task == "anomaly":
@@ -39,17 +40,23 @@ def cmd_apply(args):
         print(f"AUROC {result['auroc']:.3f}: class {args.anomaly_class} scores -log p(x) "
               f"{result['mean_score_anomaly']:.1f} on average, the rest {result['mean_score_normal']:.1f}")
     else:
-        if not hasattr(model, "reconstruct") or getattr(model, "needs_labels", False):
-            raise ValueError(f"--task {args.task} needs a model with reconstruct(x); {type(model).__name__} has none")
+        if args.task == "denoise" and (not hasattr(model, "reconstruct") or getattr(model, "needs_labels", False)):
+            raise ValueError(f"--task {args.task} needs a method reconstruct(x) -> E[x | z = encode(x)] (x: a batch of "
+                             f"datapoints, returned in the same shape); {type(model).__name__} has none: add one "
+                             "(docs/tutorials/own-pyro-program.md), or use --task anomaly")
         if args.task == "denoise":
             noisy = corrupt(x, args.noise, kind=args.corruption, seed=args.seed)
             done, ref = model.reconstruct(noisy).reshape(x.shape), noisy
             mask = torch.ones_like(x, dtype=torch.bool)
             plots.denoising(x, noisy, {type(model).__name__: done}, path=out)
         else:
-            if not hasattr(model, "posterior"):
-                raise ValueError(f"inpainting needs a model with one latent site and posterior(x) (VAE); "
-                                 f"{type(model).__name__} has none")
+            needs = ("posterior", "prior", "decoder_params", "likelihood", "x_shape")
+            if not all(hasattr(model, n) for n in needs) or getattr(model, "needs_labels", False):
+                raise ValueError(f"inpainting needs pvae's VAE interface (posterior(x), prior(n), decoder_params(z), "
+                                 f"likelihood, x_shape) with no labels; {type(model).__name__} lacks "
+                                 f"{', '.join(n for n in needs if not hasattr(model, n)) or 'an unconditional posterior'}: "
+                                 "train a pvae.VAE "
+                                 "(--model vae), or use --task denoise or anomaly")
             side = math.isqrt(x.shape[1])
             observed = torch.ones(len(test), side, side, dtype=torch.bool, device=x.device)
             observed[:, side // 2:] = False  # the bottom half is missing

@@ -198,6 +198,11 @@ def resume_settings(args) -> None:
     given, folder = getattr(args, "_given", set()), resolve(args.resume).parent
     saved_fit, saved_model = state["fit_config"], state["config"] or {}
     data = read_json(folder / "data.json") if (folder / "data.json").exists() else {}
+    if data.get("program"):  # a program of the user's own: resumed only with that program, named again
+        check_program(args, data, folder)
+    elif own_program(args):
+        raise ValueError(f"--model {args.model} conflicts with the run in {folder}, a {state['model_class']} of pvae's "
+                         "own; resuming continues that run (start a new run to change it)")
     if "model" in given and not own_program(args) and state["model_class"] not in (MODEL_CLASSES.get(args.model),
                                                                                    "HierarchicalVAE"):
         raise ValueError(f"--model {args.model} conflicts with the run in {folder}, a {state['model_class']}; "
@@ -241,13 +246,33 @@ def _open_run(args):
     run_dir = Path(args.run)
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     saved = read_json(run_dir / "data.json") if (run_dir / "data.json").exists() else {}
-    if saved.get("program"):  # a program of the user's own: rebuilt from its spec, then loaded
+    if saved.get("program"):  # a program of the user's own: the user names it, pvae checks it, then loads the run
         from pvae.infer.pair import load_program
 
-        model = load(args.run, model=load_program(saved["program"]), map_location=args.device)
+        check_program(args, saved, run_dir)
+        model = load(args.run, model=load_program(args.model), map_location=args.device)
         model._pvae_data_plate = saved.get("data_plate")
         return run_dir, model
+    if getattr(args, "model", None):
+        raise ValueError(f"--model {args.model}: the run in {run_dir} trained pvae's own {saved.get('model_class') or 'model'}, "
+                         "not a program of yours; leave --model out")
     return run_dir, load(args.run, map_location=args.device)
+
+
+def check_program(args, saved: dict, run_dir) -> None:
+    """A run of the user's own program is used only with the program named again (``--model``),
+    and only if its source is the one the run recorded (or ``--accept-program-change``): pvae
+    never imports code because a run folder names it."""
+    from pvae.infer.pair import program_fingerprint
+
+    if not getattr(args, "model", None) or args.model == "vae":
+        raise ValueError(f"the run in {run_dir} trained a program of your own ({saved['program']}), and pvae does not "
+                         f"import code that a run folder names: pass --model FILE.py:NAME, the program it trained")
+    recorded, given = saved.get("program_sha256"), program_fingerprint(args.model)
+    if recorded and given != recorded and not getattr(args, "accept_program_change", False):
+        raise ValueError(f"--model {args.model} is not the program the run in {run_dir} trained ({saved['program']}): "
+                         "its source differs from the recorded one; pass that program, or add "
+                         "--accept-program-change to use this one")
 
 
 def _run_data(run_dir: Path, args, split: str = "test"):
@@ -260,7 +285,7 @@ def _run_data(run_dir: Path, args, split: str = "test"):
             setattr(args, key, saved.get(key, {"dataset": EMBEDDED, "binarize": "none"}.get(key)))
     if split == "test":
         args.n_train = None
-    args.model = saved.get("program") or "vae"
+    args.model = getattr(args, "model", None) or saved.get("program") or "vae"  # (only read: own_program(args))
     return load_split(args, split)
 
 

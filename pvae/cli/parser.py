@@ -171,6 +171,14 @@ def _add_ais_args(p, many=False):
     p.add_argument("--leapfrog", type=POSITIVE, default=10, help="leapfrog steps per HMC transition")
 
 
+def _add_program_args(p):
+    p.add_argument("--model", default=None, metavar="FILE.py:NAME",
+                   help="the program of your own that the run trained (pvae never imports code a run folder names: "
+                        "you name it, and it is checked against the run's record)")
+    p.add_argument("--accept-program-change", action="store_true",
+                   help="use --model even though its source differs from the one the run trained")
+
+
 def _add_run_args(p, kind):
     p.add_argument("--run-dir", default=None, help=f"the run folder (default: a new runs/{kind}-DATE-TIME)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --run-dir")
@@ -236,6 +244,8 @@ def parser() -> argparse.ArgumentParser:
                    help="stop when the validation (else test) ELBO has not improved for this many epochs")
     t.add_argument("--eval-k", type=NATURAL, default=5000, help="importance samples for test log p(x) (0: skip)")
     _add_run_args(t, "train")
+    t.add_argument("--accept-program-change", action="store_true",
+                   help="resume a run of your own program with a --model whose source has changed since")
     t.add_argument("--resume", default=None, help="run folder or checkpoint to continue (in that folder unless "
                    "--run-dir); its settings are kept, and an option given with another value is an error")
     t.add_argument("--tensorboard", default=None, metavar="DIR",
@@ -255,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
                    "RUN/eval-METHOD-kK-seedS; the training-time results are never overwritten)")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in that folder")
     _add_common(e)
+    _add_program_args(e)
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bdmc", formatter_class=_Formatter, help="bidirectional Monte Carlo on simulated data",
@@ -265,6 +276,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=POSITIVE, default=100, help="simulated datapoints")
     _add_ais_args(b, many=True)
     _add_common(b)
+    _add_program_args(b)
     b.set_defaults(func=cmd_bdmc)
 
     s = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a trained model", description="Decode z ~ p(z) to an image grid.")
@@ -277,6 +289,7 @@ def parser() -> argparse.ArgumentParser:
                    "E_q[z|x] of the run's training data (works for AE too)")
     s.add_argument("--components", type=POSITIVE, default=10, help="gmm: mixture components")
     _add_common(s)
+    _add_program_args(s)
     s.set_defaults(func=cmd_sample)
 
     a = sub.add_parser("apply", formatter_class=_Formatter, help="anomaly detection, denoising or inpainting",
@@ -294,6 +307,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default=None, help="PNG path (default: RUN/TASK.png)")
     _add_data_args(a, defaults=False)
     _add_common(a)
+    _add_program_args(a)
     a.set_defaults(func=cmd_apply)
 
     c = sub.add_parser("compare", formatter_class=_Formatter, help="compare inference objectives",

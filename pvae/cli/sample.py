@@ -26,7 +26,9 @@ def cmd_sample(args):
                         "pvae.fit_code_prior)",
                "AE": "a point-mass autoencoder has no generative prior (use --sampler gmm)"}.get(type(model).__name__)
         raise ValueError(f"{type(model).__name__} cannot sample: {why}" if why else
-                         f"{type(model).__name__} has no sample() method")
+                         f"{type(model).__name__} has no method sample(n) -> a tensor of n new datapoints: add one "
+                         "(docs/tutorials/own-pyro-program.md), or fit a sampler to its codes with --sampler gmm "
+                         "(which needs encode(x) -> posterior means and decode(z) -> E[x|z])")
     else:
         def draw(n):
             torch.manual_seed(args.seed)

@@ -36,9 +36,12 @@ def cmd_train(args):
         run_dir = prepare(run_dir, overwrite=args.overwrite, resume=args.resume)
     try:
         _train_in(args, run_dir, main_rank)
-    except BaseException:
-        if created and main_rank and Path(run_dir).is_dir() and not any(Path(run_dir).iterdir()):
-            Path(run_dir).rmdir()  # a bad input found before anything was written leaves no empty folder
+    except (ValueError, TypeError, FileNotFoundError):
+        # a bad input found before training leaves no folder behind (an interrupted run keeps its data.json)
+        folder = Path(run_dir)
+        if created and main_rank and folder.is_dir() and {p.name for p in folder.iterdir()} <= {"data.json"}:
+            (folder / "data.json").unlink(missing_ok=True)
+            folder.rmdir()
         raise
 
 
@@ -65,8 +68,10 @@ def _train_in(args, run_dir, main_rank):
             model = load(args.resume)
         data = {k: getattr(args, k, None) for k in ("dataset", "data_dir", "n_train", "n_test", "exclude_class")}
         data.update(binarize=binarization(args), eval_k=args.eval_k)
-        if own_program(args):  # how `pvae eval` rebuilds it
-            data["program"] = args.model
+        if own_program(args):  # what `pvae eval --model` is checked against (the program is never imported from here)
+            from pvae.infer.pair import program_fingerprint
+
+            data.update(program=args.model, program_sha256=program_fingerprint(args.model))
         if main_rank:  # before the first step: an interrupted run still knows what it trained on
             write_text(run_dir / "data.json", dumps(data))
         h = fit(model, training_data(args, train), objective=default_objective(args), k=args.k, alpha=args.alpha,

@@ -201,6 +201,7 @@ def arrange(pair, data, labels=None, what: str = "training data", evaluation: bo
                              "conditional model (ConditionalVAE, SemiSupervisedVAE)")
         y = check_labels(y, n, pair, what)
         return Inputs(x, [y] if y is not None else [], {}, x_key), mode
+    x, note = _shape_for_program(pair, x, extra, kwextra, x_key, what)
     for which in ("model", "guide"):
         sig = _params(_program_fn(pair, which))
         if sig is None:
@@ -230,8 +231,57 @@ def arrange(pair, data, labels=None, what: str = "training data", evaluation: bo
                                  f"({', '.join(pos)}): drop them or add a parameter for them")
             elif not var_pos:
                 inputs = Inputs(x, extra, kwextra, x_key)
-                inputs.notes = [f"the {what} carry labels, and the model takes only ({', '.join(pos)}): the labels "
+                inputs.notes = ([note] if note else []) + [f"the {what} carry labels, and the model takes only ({', '.join(pos)}): the labels "
                                 "were not passed (give the model a second argument, e.g. model(x, y=None), to "
                                 "condition on them)"]
                 return inputs, mode
-    return Inputs(x, extra, kwextra, x_key), mode
+    inputs = Inputs(x, extra, kwextra, x_key)
+    inputs.notes = [note] if note else []
+    return inputs, mode
+
+
+def _shape_for_program(pair, x, extra, kwextra, x_key, what):
+    """``(x, note)``: image-shaped data for a program that declares no ``x_shape`` are tried on the
+    program as they are and, if its nets refuse them, flattened to one vector per datapoint (the
+    README's ``MyVAE`` takes 784 values). A program that takes neither is refused in one line naming
+    ``x_shape``. Found once per program (eval mode, no gradient, random state restored)."""
+    if x.dim() <= 2 or getattr(pair, "x_shape", None) is not None:
+        return x, None
+    known = getattr(pair, "_pvae_flat_input", None)
+    if known is not None:
+        return (x.reshape(x.shape[0], -1), _flat_note(x, what)) if known else (x, None)
+    from pvae.infer.sites import plain_traces
+
+    rows = slice(0, min(4, x.shape[0]))
+    first = None
+    for flat in (False, True):
+        xb = x[rows].reshape(x[rows].shape[0], -1) if flat else x[rows]
+        args, kwargs = _trial(xb, extra, kwextra, x_key, rows)
+        modes = [(m, m.training) for m in pair.modules()]
+        try:
+            pair.eval()
+            plain_traces(pair.model, pair.guide, *args, **kwargs)
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            first = first or e
+            continue
+        finally:
+            for m, training in modes:
+                m.train(training)
+        pair._pvae_flat_input = flat
+        return (x.reshape(x.shape[0], -1), _flat_note(x, what)) if flat else (x, None)
+    message = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
+    if any(w in message for w in ("shape", "size", "dimension")):
+        raise ValueError(f"the program takes neither the {what}'s datapoints as they are {tuple(x.shape[1:])} "
+                         f"({message}) nor flattened to ({x[0].numel()},): give the module an x_shape attribute "
+                         "(the shape of one datapoint its nets take), or reshape the data") from None
+    return x, None  # another failure: the program analysis says what it is
+
+
+def _flat_note(x, what: str) -> str:
+    return (f"the {what}'s datapoints of shape {tuple(x.shape[1:])} reach the program flattened to "
+            f"({x[0].numel()},), as its nets take them (set an x_shape attribute to choose)")
+
+
+def _trial(xb, extra, kwextra, x_key, rows):
+    rest, kw = tuple(a[rows] for a in extra), {k: v[rows] for k, v in kwextra.items()}
+    return ((xb,) + rest, kw) if x_key is None else (rest, {x_key: xb, **kw})

@@ -100,3 +100,24 @@ def load_program(spec: str) -> nn.Module:
         raise ValueError(f"--model {spec!r}: {where} has no {name}")
     obj = getattr(module, name)()
     return as_pair(obj)
+
+
+def program_fingerprint(spec: str) -> str | None:
+    """sha256 of the source file of a ``--model FILE.py:NAME`` (or ``module:NAME``) program, read as
+    bytes and never imported here (None where no file is found). A run records it so that a later
+    command can tell whether the program it is given is the one the run trained."""
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    where = spec.rpartition(":")[0]
+    path = Path(where) if where.endswith(".py") else None
+    if path is None:
+        try:
+            found = importlib.util.find_spec(where)
+        except (ImportError, ValueError):
+            found = None
+        path = Path(found.origin) if found is not None and found.origin else None
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -147,3 +147,33 @@ def find_data_plate(model_trace, guide_trace, batch: int | None, data_plate: str
         raise ValueError(f"plates {[f.name for f in candidates]} all run over the observed sites with the batch's "
                          "size: name the one over datapoints with data_plate=...")
     return candidates[0].name
+
+
+def check_support(model_trace, what: str = "data") -> None:
+    """Every observed value inside its distribution's support (masked-out entries aside): data of
+    grey pixels under a Bernoulli likelihood are refused here, before any work, with the fix."""
+    for name, site in model_trace.nodes.items():
+        if not (is_counted(site) and site["is_observed"]):
+            continue
+        fn, value = site["fn"], site["value"]
+        try:
+            ok = fn.support.check(value)
+        except (NotImplementedError, RuntimeError, TypeError, ValueError):
+            continue  # a support that cannot check this value
+        for mask in (site.get("mask"), getattr(fn, "_mask", None)):
+            if isinstance(mask, torch.Tensor):
+                ok = ok | ~mask.bool()
+        if not bool(torch.as_tensor(ok).all()):
+            base = fn
+            while hasattr(base, "base_dist"):
+                base = base.base_dist
+            try:  # an offending value, elementwise by the innermost distribution's support
+                bad = value[~base.support.check(value).expand(value.shape)]
+                example = f"values such as {float(bad.flatten()[0]):g}" if bad.numel() else "other values"
+            except (NotImplementedError, RuntimeError, TypeError, ValueError, IndexError):
+                example = "other values"
+            fix = ("binarize them (binarize='dynamic' or 'static' in pvae.load_dataset, --binarize dynamic on the "
+                   "command line)" if "oolean" in repr(fn.support) or "0, 1" in repr(fn.support)
+                   else "choose a likelihood whose support holds them")
+            raise ValueError(f"the {what} do not fit the model's observed site {name!r}: {type(base).__name__} "
+                             f"takes values in {fn.support} and the data hold {example}; {fix}")

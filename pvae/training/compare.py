@@ -19,6 +19,7 @@ import pyro
 import torch
 
 from pvae.analysis.evaluation import evaluate
+from pvae.data.datasets import binarize as binarize_x
 from pvae.infer.inputs import arrange, own_model
 from pvae.infer.objectives import check_objective, configure
 from pvae.infer.objectives import objective as make_objective
@@ -58,8 +59,9 @@ def check_all(build, train, specs, *, seed: int = 0, batch_size: int = 100, data
     torch.manual_seed(seed)
     with pyro.get_param_store().scope():
         pair = as_pair(build())
-        inputs = arrange(pair, train, what="training data")[0]
-        args, kwargs = inputs.head(batch_size)
+        inputs, binarize = arrange(pair, train, what="training data")
+        first = inputs.x[:batch_size]  # as training sees it: dynamic binarization draws 0/1 values
+        args, kwargs = inputs.take(slice(0, batch_size), x=binarize_x(first, "static") if binarize == "dynamic" else first)
         program = analyse(pair.model, pair.guide, args, kwargs, data_plate=data_plate, module=pair,
                           trusted=own_model(pair), check_vectorize=False)
         for spec in specs:

@@ -53,6 +53,7 @@ from pvae.training.loop import (
 from pvae.training.optim import make_optimizer, make_scheduler, step_scheduler
 from pvae.training.runs import RunLock, prepare
 from pvae.training.settings import FitSettings
+from pvae.training.store import run_param_store
 from pvae.util.files import dumps, write_text
 from pvae.util.progress import bar as progress_bar
 from pvae.util.progress import say
@@ -164,8 +165,10 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
                     optimizer_args=optimizer_args, scheduler=scheduler, scheduler_args=scheduler_args,
                     validation=validation, early_stopping=early_stopping)
     try:
-        return _fit(model, train, s, guide=guide, modules=modules, device=device, test=test, labels=labels,
-                    run_dir=run_dir, resume=resume, distributed=distributed, overwrite=overwrite, callbacks=callbacks)
+        with run_param_store():  # stale pyro.module entries of other modules never meet this run
+            return _fit(model, train, s, guide=guide, modules=modules, device=device, test=test, labels=labels,
+                        run_dir=run_dir, resume=resume, distributed=distributed, overwrite=overwrite,
+                        callbacks=callbacks)
     except (RuntimeError, MemoryError) as e:
         what = out_of_memory(e)
         if what is None:
