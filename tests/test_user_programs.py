@@ -428,7 +428,7 @@ def test_cli_trains_evaluates_and_compares_a_program_of_your_own(tmp_path, capsy
     saved = (tmp_path / "run" / "data.json").read_text()
     assert '"program"' in saved and '"data_plate": "data"' in saved
     first = (tmp_path / "run" / "results.json").read_text()
-    assert main(["eval", str(tmp_path / "run"), "--k", "10", "--quiet"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--model", spec, "--k", "10", "--quiet"]) == 0  # named again (issue 29)
     assert '"log_px"' in first and '"log_px"' in (tmp_path / "run" / "results.json").read_text()
     assert main(["compare", "--model", spec, "--objectives", "elbo", "iwae:k=2", "--eval-k", "5",
                  "--run-dir", str(tmp_path / "cmp"), *common]) == 0
