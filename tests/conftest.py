@@ -1,6 +1,13 @@
+import os
+import tempfile
+
 import pyro
 import pytest
 import torch
+
+# pvae's compile records (pvae.util.cache) in a folder of this test session's own: the suite neither
+# reads what earlier runs on this machine left nor leaves anything in ~/.cache
+os.environ.setdefault("PVAE_CACHE_DIR", tempfile.mkdtemp(prefix="pvae-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

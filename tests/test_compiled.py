@@ -283,11 +283,55 @@ def test_auto_compiles_the_step_once_its_first_steps_show_that_compiling_pays(mo
     monkeypatch.setattr(compiled, "CompiledStep", Spy)
     pvae.fit(vae(), X, epochs=2, batch_size=10, progress=False)  # 10 steps of ~1 ms: far from paying
     assert not built
-    monkeypatch.setattr(train, "COMPILE_PAYS_FROM", 0.0)  # any run pays
+    monkeypatch.setattr(train, "COMPILE_SECONDS", {"warm": 0.0, "cold": 0.0})  # any run pays
     h = pvae.fit(vae(), X, epochs=2, batch_size=10, progress=False, test=X)
     assert built == [1] and h[-1]["test_elbo"] > h[0]["test_elbo"] - 5  # 5 eager steps, then compiled ones
     pvae.fit(vae(), X, epochs=2, batch_size=10, progress=False, compile=False)
     assert built == [1]
+
+
+def test_auto_counts_the_compile_cost_warm_where_this_machine_compiled_the_step_before(monkeypatch, tmp_path):
+    import pvae.training.loop as loop
+
+    monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))
+    # 1000 steps left of 10 ms: compiling saves 4 s, more than a warm compile (3 s), less than a cold one
+    monkeypatch.setattr(loop, "COMPILE_SECONDS", {"warm": 3.0, "cold": 20.0})
+    assert loop.compile_pays(0.01, 1000, warm=True) and not loop.compile_pays(0.01, 1000, warm=False)
+    m = vae()
+    sig = loop.step_signature(m, pvae.objective("elbo"), (X[:10],), {}, torch.device("cpu"))
+    assert sig == loop.step_signature(vae(), pvae.objective("elbo"), (X[:10],), {}, torch.device("cpu"))
+    assert sig != loop.step_signature(m, pvae.objective("iwae", k=5), (X[:10],), {}, torch.device("cpu"))
+    assert not loop.seen_before(sig)
+    monkeypatch.setattr(loop, "COMPILE_SECONDS", {"warm": 0.0, "cold": 0.0})
+    pvae.fit(m, X, epochs=2, batch_size=10, progress=False)  # compiles, and remembers it did
+    assert loop.seen_before(sig)
+    (tmp_path / "compiled-steps.json").write_text("{not json")
+    assert not loop.seen_before(sig)  # a damaged record: cold, never an error
+
+
+def test_product_choices_persist_on_disk_for_the_next_process(monkeypatch, tmp_path):
+    from pvae.infer import matmul
+
+    if not matmul.available():
+        pytest.skip("no oneDNN in this torch")
+    monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(matmul, "_cache", {})
+    monkeypatch.setattr(matmul, "_disk", None)
+    a, b = torch.randn(30, 20), torch.randn(20, 10)
+    choice = matmul.fastest(a, b)
+    files = list(tmp_path.glob("matmul-*.json"))
+    assert len(files) == 1 and choice in files[0].read_text()
+    monkeypatch.setattr(matmul, "_cache", {})  # a new process: nothing timed yet, the disk remembers
+    monkeypatch.setattr(matmul, "_disk", None)
+    monkeypatch.setattr(matmul, "_timed", lambda *a, **k: pytest.fail("timed again"))
+    assert matmul.fastest(a, b) == choice
+    files[0].write_text("garbage")  # damaged: timed again, no error
+    monkeypatch.setattr(matmul, "_cache", {})
+    monkeypatch.setattr(matmul, "_disk", None)
+    monkeypatch.setattr(matmul, "_timed", lambda candidates, budget=0.2: {n: 1.0 for n in candidates})
+    assert matmul.fastest(a, b) in ("mkl", "onednn", "swapped")
+    monkeypatch.setenv("PVAE_CACHE_DIR", "")  # off
+    assert matmul._disk_file() is None
 
 
 def test_the_command_line_compile_step_option():

@@ -47,6 +47,7 @@ from pvae.infer.graphs import (
     record,
 )
 from pvae.infer.iwae import ImportanceWeightedELBO
+from pvae.util.cache import remember
 
 
 class PerDatapointELBO(ImportanceWeightedELBO):
@@ -282,6 +283,15 @@ class CompiledTerms:
                 graph, state, replay = recorded
                 graph = compile_graph(graph, inputs, state, replay, self.say, what="compiled evaluation")
                 _set_rng_state(state)  # this call draws what the eager pass would have drawn
+                if graph is not None:
+                    remember(eval_signature(self.pair))  # the next evaluation of this model compiles warm
             self.graphs[key] = graph
         graph = self.graphs[key]
         return None if graph is None else graph(*inputs)
+
+
+def eval_signature(pair) -> str:
+    """What makes two evaluations compile the same graphs: the module's structure and torch's version."""
+    import hashlib
+
+    return "eval-" + hashlib.sha256(f"{type(pair).__qualname__}|{pair!r}|{torch.__version__}".encode()).hexdigest()[:24]

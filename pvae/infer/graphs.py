@@ -138,7 +138,17 @@ def _compile_fx(graph, inputs):
         from torch._inductor.compile_fx import compile_fx
     except ImportError:  # pragma: no cover - an inductor without it: through dynamo (a guard check per call)
         return torch.compile(graph, dynamic=False)
-    return compile_fx(graph, inputs)
+    try:  # a fake-tensor context with a shape environment: what inductor's on-disk FX graph cache keys on
+        from torch._guards import TracingContext, tracing
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+        fake = [fake_mode.from_tensor(t, static_shapes=True) if isinstance(t, torch.Tensor) else t for t in inputs]
+    except ImportError:  # pragma: no cover - an inductor without them: compiled without the cache
+        return compile_fx(graph, inputs)
+    with tracing(TracingContext(fake_mode)):
+        return compile_fx(graph, fake)
 
 
 def _close(a, b, slack: float = 0.0) -> bool:

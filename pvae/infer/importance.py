@@ -32,16 +32,19 @@ from pvae.infer.program import log_weight_terms, program_of
 from pvae.infer.sites import Program
 from pvae.infer.traces import fix_globals
 from pvae.nn.nets import flush_denormals
+from pvae.util.cache import seen_before
 from pvae.util.progress import bar as progress_bar
 from pvae.util.tensors import device_of
 from pvae.util.validate import check_positive_int
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
-#: ``compile=None`` compiles the evaluation pass from this many particles x datapoints on (1,000
-#: images at k = 5000: about 44 s of eager evaluation for the IWAE paper's net on 2 CPU cores,
-#: 17 s compiled; compiling takes 4-25 s, the most with inductor's caches cold)
-COMPILE_FROM = 5_000_000
+#: ``compile=None`` compiles the evaluation pass from this many particles x datapoints on: eager
+#: evaluation of the IWAE paper's net takes about 8.8 us a pair on 2 CPU cores and the compiled pass
+#: 3.4 us, so compiling pays from about 0.5M pairs (100 images at k = 5000) where this machine
+#: compiled the model's pass before (inductor's caches warm: 2-3 s) and from about 5M (1,000 images)
+#: where it did not (about 20 s)
+COMPILE_FROM = {"warm": 500_000, "cold": 5_000_000}
 
 
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
@@ -53,7 +56,8 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     ([`pvae.infer.traces.fix_globals`][pvae.infer.traces.fix_globals]).
 
     ``compile``: run each chunk as a traced and compiled graph ([`pvae.infer.compiled.CompiledTerms`][pvae.infer.compiled.CompiledTerms]);
-    None compiles from `COMPILE_FROM` particles x datapoints on. Programs with global latents or
+    None compiles from `COMPILE_FROM` particles x datapoints on (fewer where this machine compiled the
+    model's pass before). Programs with global latents or
     sequential particles stay eager."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
@@ -127,10 +131,11 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pair -> 
 def _compiled_terms(pair, program, fixed, compile, work: int):
     """The pair's compiled evaluation pass (kept per pair in `_COMPILED`, so later calls reuse its
     graphs), or None."""
-    if compile is False or (compile is None and work < COMPILE_FROM):
-        return None
+    from pvae.infer.compiled import CompiledTerms, eval_signature
 
-    from pvae.infer.compiled import CompiledTerms
+    if compile is False or (compile is None and work < COMPILE_FROM["warm" if seen_before(eval_signature(pair))
+                                                                     else "cold"]):
+        return None
 
     why = ("the program has global latents" if fixed is not None else
            "its particles are drawn one trace at a time" if not program.vectorize else None)
@@ -162,7 +167,8 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
 
     The log-weights stay on the evaluation device and are reduced there; only the per-datapoint
     estimates come back. ``compile``: trace and compile the evaluation pass once per chunk shape
-    (None: from `COMPILE_FROM` particles x datapoints on; the graphs are kept for later calls).
+    (None: from `COMPILE_FROM` particles x datapoints on, fewer where this machine compiled the model's
+    pass before; the graphs are kept for later calls).
     """
     if method == "ais":
         from pvae.infer.ais import ais_log_likelihood

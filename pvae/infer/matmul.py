@@ -23,13 +23,18 @@ afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from pvae.util.cache import cache_dir, machine_tag, read_record, write_record
+
 aten = torch.ops.aten
-_cache: dict = {}  # (shapes, strides, bias) -> True where oneDNN is the faster
+_cache: dict = {}  # (shapes, strides, dtype, bias) -> "mkl" | "onednn" | "swapped", this process
+_disk: dict | None = None  # the same, as an earlier process on this CPU and torch chose (loaded once)
 
 
 def available() -> bool:
@@ -64,12 +69,37 @@ def _timed(candidates: dict, budget: float = 0.2) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _disk_file() -> Path | None:
+    """Where the choices persist between processes: one record per CPU model, torch version and
+    thread count (`pvae.util.cache`), since each changes which library is faster."""
+    root = cache_dir()
+    return None if root is None else root / f"matmul-{machine_tag()}.json"
+
+
+def _load_disk() -> dict:
+    saved = read_record(_disk_file().name) if _disk_file() else None
+    return {k: v for k, v in saved.items() if v in ("mkl", "onednn", "swapped")} if isinstance(saved, dict) else {}
+
+
+def _save_disk(key, choice) -> None:
+    path = _disk_file()
+    if path is not None:
+        saved = read_record(path.name)
+        write_record(path.name, {**(saved if isinstance(saved, dict) else {}), key: choice})
+
+
 def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
     """How to run the product ``a @ b (+ bias)`` of tensors shaped and strided as these: ``"mkl"``
     (torch's own), ``"onednn"`` (oneDNN's linear op) or ``"swapped"`` (oneDNN on ``(b^T a^T)^T``,
     which spares oneDNN a copy of a transposed ``a``, as in a weight gradient). oneDNN must beat MKL
-    by ``1 / margin``; timed once per shape and stride in this process."""
-    key = tuple((tuple(m.shape), tuple(m.stride()), m.dtype) for m in (a_meta, b_meta)) + (bias_meta is not None,)
+    by ``1 / margin``; timed once per shape and stride, and kept on disk (`_disk_file`) for the next
+    process on this CPU and torch."""
+    global _disk
+    key = tuple((tuple(m.shape), tuple(m.stride()), str(m.dtype)) for m in (a_meta, b_meta)) + (bias_meta is not None,)
+    if _disk is None:
+        _disk = _load_disk()
+    if key not in _cache and _disk_key(key) in _disk:
+        _cache[key] = _disk[_disk_key(key)]
     if key not in _cache:
         a, b = _like(a_meta), _like(b_meta)
         bias = None if bias_meta is None else _like(bias_meta)
@@ -82,7 +112,13 @@ def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
             times = _timed(candidates)
         times["mkl"] *= margin
         _cache[key] = min(times, key=times.get)
+        _disk[_disk_key(key)] = _cache[key]
+        _save_disk(_disk_key(key), _cache[key])
     return _cache[key]
+
+
+def _disk_key(key) -> str:
+    return json.dumps(key)
 
 
 def _value(node):

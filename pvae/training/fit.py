@@ -34,6 +34,8 @@ from pvae.nn.nets import accelerate, flush_denormals
 from pvae.training.checkpoint import (
     BEST,
     CHECKPOINT,
+    _rng_state,
+    _set_rng_state,
     load_checkpoint,
     load_state,
     restore_store_params,
@@ -49,6 +51,7 @@ from pvae.training.loop import (
     _hold_out,
     _step_loss,
     _train_epoch,
+    step_signature,
 )
 from pvae.training.optim import make_optimizer, make_scheduler, step_scheduler
 from pvae.training.runs import RunLock, prepare
@@ -68,20 +71,6 @@ def resolve_device(device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
     return device
-
-
-def _rng_state(shuffle: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, shuffle: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1, alpha: float = 0.5,
@@ -339,7 +328,8 @@ def _fit_epochs(run: Run, s: FitSettings) -> None:
         elif s.compile == "auto" and device.type in ("cpu", "cuda"):
             eager, total = step_loss, (epochs - run.start_epoch) * steps
             step_loss = AutoStep(eager, lambda: _compiled(pair, elbo, run.params, eager, ctx, warmup_epochs, optimizer,
-                                                          s.clip_grad), total, device)
+                                                          s.clip_grad), total, device,
+                                 signature=step_signature(pair, elbo, run.first_args, run.first_kwargs, device))
         for epoch in range(run.start_epoch, epochs):
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=shuffle).to(device)

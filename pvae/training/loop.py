@@ -18,29 +18,45 @@ from pvae.infer.handlers import scale_latents
 from pvae.infer.inputs import arrange
 from pvae.training.distributed import sum_all, wrap
 from pvae.training.settings import FitSettings
+from pvae.util.cache import remember, seen_before
 
-#: ``compile="auto"`` compiles the step when the rest of the run, at the speed of its first eager
-#: steps, would take at least this many seconds: compiling takes 5-25 s per batch shape on 2 CPU
-#: cores (25 s with inductor's caches cold), and the compiled step takes 0.45-0.6x the eager
-#: step's time for the IWAE paper's net (benchmarks/README.md), so it pays from about a minute on
-COMPILE_PAYS_FROM = 60.0
+#: what compiling the step costs, in seconds, for the IWAE paper's net on 2 CPU cores
+#: (benchmarks/README.md): with this graph compiled before on this machine (inductor's on-disk FX
+#: graph cache and pvae's product choices warm: 2.5 s for ELBO, 2.7 s for IWAE k=50) and cold (18-20 s)
+COMPILE_SECONDS = {"warm": 4.0, "cold": 20.0}
+#: the compiled step's time as a share of the eager step's (measured 0.43 at k=1 and 0.57 at k=50 on
+#: CPU, 0.13 on an H200): the share of the remaining eager time that compiling saves is 1 - this
+COMPILED_SHARE = 0.6
+
+
+def compile_pays(eager_step: float, steps_left: int, warm: bool) -> bool:
+    """Whether the compiled step, its compilation included, finishes the rest of the run sooner."""
+    return steps_left * eager_step * (1 - COMPILED_SHARE) >= COMPILE_SECONDS["warm" if warm else "cold"]
 
 
 class AutoStep:
-    """``compile="auto"``: the first ``probe`` steps run eager and are timed; if the remaining
-    ``steps`` at that speed would take `COMPILE_PAYS_FROM` seconds or more, the compiled step
-    (``build()``) takes over. ``grad_norm`` and ``updated`` are the active step's."""
+    """``compile="auto"``: the first ``probe`` steps run eager and are timed; if the compiled step,
+    its compilation included (`compile_pays`: warm where this machine compiled the same step before,
+    `pvae.util.cache.seen_before`), would finish the remaining ``steps`` sooner, it takes over
+    (``build()``). ``grad_norm`` and ``updated`` are the active step's."""
 
-    def __init__(self, eager, build, steps: int, device, probe: int = 5):
+    def __init__(self, eager, build, steps: int, device, probe: int = 5, signature: str | None = None):
         self.eager, self.build, self.steps, self.device, self.probe = eager, build, steps, device, probe
+        self.signature = signature
         self.active, self.seconds, self.calls = eager, 0.0, 0
 
     grad_norm = property(lambda self: getattr(self.active, "grad_norm", None))
     updated = property(lambda self: getattr(self.active, "updated", False))
 
     def __call__(self, *args, **kwargs):
-        if self.calls >= self.probe:
+        if self.calls > self.probe:
             return self.active(*args, **kwargs)
+        if self.calls == self.probe:  # the first compiled call: remembered once it built a graph
+            self.calls += 1
+            loss = self.active(*args, **kwargs)
+            if self.active is not self.eager and getattr(self.active, "graphs", None) and self.signature:
+                remember(self.signature)
+            return loss
         self.calls += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -50,9 +66,21 @@ class AutoStep:
             torch.cuda.synchronize(self.device)
         if self.calls > 1:  # the first step pays one-time costs
             self.seconds += time.perf_counter() - t0
-        if self.calls == self.probe and self.seconds / (self.probe - 1) * (self.steps - self.probe) >= COMPILE_PAYS_FROM:
+        if self.calls == self.probe and compile_pays(self.seconds / (self.probe - 1), self.steps - self.probe,
+                                                     seen_before(self.signature)):
             self.active = self.build()
         return loss
+
+
+def step_signature(pair, elbo, args, kwargs, device) -> str:
+    """What makes two runs compile the same step: the module's structure, the objective, the batch's
+    shapes and dtypes, the device type and torch's version."""
+    import hashlib
+
+    shapes = [(tuple(t.shape), str(t.dtype)) for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor)]
+    text = f"{type(pair).__qualname__}|{pair!r}|{type(elbo).__name__}|{getattr(elbo, 'num_particles', 1)}|" \
+           f"{shapes}|{device.type}|{torch.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _step_loss(pair, elbo, ctx, device):
