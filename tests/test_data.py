@@ -162,3 +162,25 @@ def test_missing_files_without_network_name_the_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(D.urllib.request, "urlretrieve", offline)
     with pytest.raises(FileNotFoundError, match="binarized_mnist_test.amat not found.*download failed"):
         pvae.load_dataset("binarized-mnist", "test")
+
+
+def test_a_failed_download_is_one_whole_line_with_its_fix(tmp_path, monkeypatch, capsys):
+    """torchvision's errors span several lines ("Error downloading ...", "Tried ..."): the message
+    keeps all of it on one line and still ends with the fix."""
+    import torchvision
+
+    monkeypatch.setattr(D, "DEBIAN_DIRS", {})
+    monkeypatch.setenv("PVAE_DATA", str(tmp_path))
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example.org/a, got:\n"
+                               "<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    from pvae.cli import main
+
+    assert main(["train", "--dataset", "fashion-mnist", "--epochs", "1", "--quiet",
+                 "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "name resolution" in err and err.endswith("pass --data-dir or set PVAE_DATA")

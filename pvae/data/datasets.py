@@ -180,7 +180,8 @@ def _torchvision_download(name, root):
     except Exception as e:  # noqa: BLE001 - report any download failure in one line
         raise FileNotFoundError(
             f"{name}: no idx files in {[str(d) for d in search_dirs(name)] or 'any data folder'} "
-            f"and torchvision's download failed ({type(e).__name__}: {e}); pass --data-dir or set PVAE_DATA"
+            f"and torchvision's download failed ({type(e).__name__}: {' '.join(str(e).split())}); "
+            "pass --data-dir or set PVAE_DATA"
         ) from None
 
 
