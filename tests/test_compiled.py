@@ -440,3 +440,49 @@ def test_the_command_line_says_a_fallback_in_one_line(tmp_path, capsys):
                  "--run-dir", str(tmp_path / "r")]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if "compile" in line]
     assert err == ["pvae: warning: compile='step': the step stays eager: the model anneals a value every step"]
+
+
+def test_auto_hands_back_to_eager_when_the_compiled_step_is_not_faster_here(monkeypatch, tmp_path):
+    """Measured on one Intel Xeon: the IWAE paper's net at k = 50 took 79 ms a step compiled and 65 ms
+    eager. auto times its first compiled steps too, goes back to eager in one line, and does not
+    compile that step again on this machine; a faster compiled step stays."""
+    import time
+
+    import pvae.training.loop as loop
+    from pvae.util.cache import slower_here
+
+    monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(loop, "COMPILE_SECONDS", {"warm": 0.0, "cold": 0.0})
+    calls = []
+
+    def eager():
+        calls.append("e")
+        time.sleep(0.004)
+        return torch.zeros(())
+
+    class Compiled:
+        graphs = {"shape": "graph"}
+
+        def __init__(self, seconds):
+            self.seconds = seconds
+
+        def __call__(self):
+            calls.append("c")
+            time.sleep(self.seconds)
+            return torch.zeros(())
+
+    said = []
+    step = loop.AutoStep(eager, lambda: Compiled(0.012), 100, torch.device("cpu"), signature="slow", say=said.append)
+    for _ in range(20):
+        step()
+    assert calls == ["e"] * 5 + ["c"] * 6 + ["e"] * 9  # 5 probes, the compile and 5 timed calls, then eager
+    assert len(said) == 1 and "the step stays eager: compiled it took" in said[0]
+    assert slower_here("slow")
+    again = loop.AutoStep(eager, lambda: pytest.fail("compiled again"), 100, torch.device("cpu"), signature="slow")
+    for _ in range(8):
+        again()
+    calls.clear()
+    fast = loop.AutoStep(eager, lambda: Compiled(0.0005), 100, torch.device("cpu"), signature="fast", say=said.append)
+    for _ in range(20):
+        fast()
+    assert calls == ["e"] * 5 + ["c"] * 15 and len(said) == 1 and not slower_here("fast")

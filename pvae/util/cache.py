@@ -56,16 +56,22 @@ def write_record(name: str, value) -> None:
 
 
 COMPILED = "compiled-steps.json"
+SLOWER = "slower-compiled-steps.json"  # steps whose compiled form was not faster on this machine
 
 
-def seen_before(signature: str | None) -> bool:
+def seen_before(signature: str | None, record: str = COMPILED) -> bool:
     """Whether this machine compiled the graph of this signature before (inductor's caches warm)."""
-    seen = read_record(COMPILED) if signature else None
+    seen = read_record(record) if signature else None
     return isinstance(seen, list) and signature in seen
 
 
-def remember(signature: str) -> None:
-    seen = read_record(COMPILED)
+def slower_here(signature: str | None) -> bool:
+    """Whether the compiled form of this step was measured slower than its eager form here."""
+    return seen_before(signature, SLOWER)
+
+
+def remember(signature: str, record: str = COMPILED) -> None:
+    seen = read_record(record)
     seen = seen if isinstance(seen, list) else []
     if signature not in seen:
-        write_record(COMPILED, (seen + [signature])[-500:])
+        write_record(record, (seen + [signature])[-500:])
