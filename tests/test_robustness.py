@@ -550,3 +550,24 @@ def test_a_bad_input_found_after_the_folder_is_named_leaves_no_empty_folder(tmp_
     assert main(["train", *TINY, "--model", "gumbel", "--prior", "mog"]) == 2
     one_line_error(capsys, "--prior applies to --model vae")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_lock_file_still_being_written_is_not_taken_over(tmp_path):
+    """Another process has just created the lock and not yet written its pid into it: that lock is
+    not stale (taking it over let two trainings into one folder, both exiting 0, once in a while)."""
+    import threading
+
+    from pvae.training.runs import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / ".pvae.lock"
+    lock.write_text("")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        threading.Timer(0.2, lambda: lock.write_text(str(sleeper.pid))).start()
+        with pytest.raises(ValueError, match="in use by another pvae process"):
+            with RunLock(run):
+                pass
+    finally:
+        sleeper.kill()

@@ -100,6 +100,9 @@ class RunLock:
                 if owner is not None and owner != os.getpid() and _alive(owner):
                     raise ValueError(f"run folder {self.path.parent} is in use by another pvae process (pid {owner}): "
                                      "wait for it to finish or choose another run_dir") from None
+                if owner is None and _age(self.path) < 2.0:  # just created: its owner is writing its pid now
+                    time.sleep(0.02)
+                    continue
                 self.path.unlink(missing_ok=True)  # left by a process that no longer runs
                 continue
             with os.fdopen(fd, "w") as f:
@@ -114,6 +117,13 @@ class RunLock:
             del RunLock._held[key]
             self.path.unlink(missing_ok=True)
         return False
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _owner(path: Path):
