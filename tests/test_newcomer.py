@@ -151,3 +151,37 @@ def test_an_interrupted_run_knows_its_data(tmp_path, monkeypatch):
     record = json.loads((run / "data.json").read_text())
     assert (record["dataset"], record["n_train"], record["exclude_class"], record["binarize"]) == \
         ("fashion-mnist-sample", 100, 3, "dynamic")
+
+
+def test_a_program_that_opts_out_of_validation_keeps_its_grey_pixels():
+    """Pyro's examples/vae puts grey MNIST pixels under Bernoulli(..., validate_args=False): the
+    program's own choice, trained as Pyro trains it; without the opt-out the same data are refused."""
+    import pyro
+    import pyro.distributions as dist
+
+    def program(validate):
+        class GreyVAE(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.enc, self.dec = torch.nn.Linear(64, 4), torch.nn.Linear(2, 64)
+
+            def model(self, x):
+                pyro.module("dec", self.dec)
+                with pyro.plate("data", x.shape[0]):
+                    z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+                    kw = {} if validate else {"validate_args": False}
+                    pyro.sample("x", dist.Bernoulli(torch.sigmoid(self.dec(z)), **kw).to_event(1), obs=x)
+
+            def guide(self, x):
+                pyro.module("enc", self.enc)
+                loc, log_scale = self.enc(x).chunk(2, -1)
+                with pyro.plate("data", x.shape[0]):
+                    pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+        return GreyVAE()
+
+    grey = torch.rand(40, 64, generator=torch.Generator().manual_seed(0))
+    h = pvae.fit(program(validate=False), grey, epochs=2, batch_size=20, progress=False)
+    assert h[-1]["train_loss"] == h[-1]["train_loss"]  # trained, finite
+    with pytest.raises(ValueError, match="do not fit the model's observed site 'x'"):
+        pvae.fit(program(validate=True), grey, epochs=1, batch_size=20, progress=False)

@@ -43,7 +43,7 @@ from pvae.infer.sites import (
     LogWeightTerms,
     ParticleShapeError,
     Program,
-    check_support,
+    checked_support,
     find_data_plate,
     forked_rng,
     in_plate,
@@ -137,7 +137,7 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
     kwargs = kwargs or {}
     model_trace, guide_trace = plain_traces(model, guide, *args, **kwargs)
     if not trusted:  # pvae's own models check their data against their likelihood when they get them
-        check_support(model_trace)
+        checked_support(model, guide, *args, **kwargs)
     first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.dim()), None)
     batch = first.shape[0] if first is not None else None
     if trusted and data_plate is None:

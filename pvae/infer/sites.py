@@ -156,6 +156,8 @@ def check_support(model_trace, what: str = "data") -> None:
         if not (is_counted(site) and site["is_observed"]):
             continue
         fn, value = site["fn"], site["value"]
+        if _opted_out(fn):
+            continue  # the program said validate_args=False (Pyro's examples/vae on grey pixels): its choice
         try:
             ok = fn.support.check(value)
         except (NotImplementedError, RuntimeError, TypeError, ValueError):
@@ -177,3 +179,26 @@ def check_support(model_trace, what: str = "data") -> None:
                    else "choose a likelihood whose support holds them")
             raise ValueError(f"the {what} do not fit the model's observed site {name!r}: {type(base).__name__} "
                              f"takes values in {fn.support} and the data hold {example}; {fix}")
+
+
+def _opted_out(fn) -> bool:
+    """A distribution (or one it wraps) made with ``validate_args=False`` while validation is on."""
+    while fn is not None:
+        if getattr(fn, "_validate_args", None) is False:
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
+def checked_support(model, guide, *args, **kwargs) -> None:
+    """`check_support` on a trace made with Pyro's validation on, so that a distribution the program
+    built with ``validate_args=False`` is told apart and left to its author; a program that fails to
+    trace with validation on is left to the later steps, which say what fails."""
+    import pyro
+
+    try:
+        with pyro.validation_enabled(True):
+            model_trace, _ = plain_traces(model, guide, *args, **kwargs)
+    except Exception:  # noqa: BLE001 - validation's own complaints are not this check's to raise
+        return
+    check_support(model_trace)
