@@ -77,7 +77,8 @@ def _disk_file() -> Path | None:
 
 
 def _load_disk() -> dict:
-    saved = read_record(_disk_file().name) if _disk_file() else None
+    path = _disk_file()
+    saved = read_record(path.name) if path is not None else None
     return {k: v for k, v in saved.items() if v in ("mkl", "onednn", "swapped")} if isinstance(saved, dict) else {}
 
 
@@ -98,8 +99,9 @@ def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
     key = tuple((tuple(m.shape), tuple(m.stride()), str(m.dtype)) for m in (a_meta, b_meta)) + (bias_meta is not None,)
     if _disk is None:
         _disk = _load_disk()
-    if key not in _cache and _disk_key(key) in _disk:
-        _cache[key] = _disk[_disk_key(key)]
+    on_disk = json.dumps(key)
+    if key not in _cache and on_disk in _disk:
+        _cache[key] = _disk[on_disk]
     if key not in _cache:
         a, b = _like(a_meta), _like(b_meta)
         bias = None if bias_meta is None else _like(bias_meta)
@@ -112,13 +114,9 @@ def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
             times = _timed(candidates)
         times["mkl"] *= margin
         _cache[key] = min(times, key=times.get)
-        _disk[_disk_key(key)] = _cache[key]
-        _save_disk(_disk_key(key), _cache[key])
+        _disk[on_disk] = _cache[key]
+        _save_disk(on_disk, _cache[key])
     return _cache[key]
-
-
-def _disk_key(key) -> str:
-    return json.dumps(key)
 
 
 def _value(node):
