@@ -12,6 +12,7 @@ writes it to ``path`` when one is given.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -20,10 +21,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pvae.util.files import atomic_write  # noqa: E402
+
 
 def _save(fig, path):
     if path is not None:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        fmt = Path(path).suffix.lstrip(".").lower() or "png"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format=fmt))
         plt.close(fig)
     return fig
 

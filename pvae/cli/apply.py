@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
-from pvae.cli.common import _open_run, _run_data
+from pvae.cli.common import _open_run, _run_data, output_path
 
 
 def cmd_apply(args):
@@ -15,13 +14,14 @@ def cmd_apply(args):
 
     from pvae.analysis import plots
     from pvae.analysis.applications import anomaly_scores, auroc, corrupt, inpaint
-    from pvae.util.files import write_text
+    from pvae.util.files import new_path, write_text
     from pvae.util.tensors import device_of
 
     run_dir, model = _open_run(args)
     test = _run_data(run_dir, args)
     x = test.eval_x().reshape(len(test), -1).to(device_of(model))
-    out = Path(args.out) if args.out else run_dir / f"{args.task}.png"
+    out = output_path(args.out, run_dir / f"{args.task}.png", also=() if args.out else (".json",))
+    record = new_path(run_dir / f"{args.task}.json") if args.out else out.with_suffix(".json")
     torch.manual_seed(args.seed)
     if args.task == "anomaly":
         if args.anomaly_class is None:  # the class the run left out of training (--exclude-class)
@@ -70,5 +70,5 @@ def cmd_apply(args):
         what = "corrupted input" if args.task == "denoise" else "mean test image"
         result = {"task": args.task, "n": len(test), "mse": err, "mse_reference": ref_err, "reference": what}
         print(f"{args.task}: squared error {err:.4f} against the clean images ({what}: {ref_err:.4f})")
-    write_text(run_dir / f"{args.task}.json", json.dumps(result, indent=1))
-    print(f"wrote {out} and {run_dir / (args.task + '.json')}")
+    write_text(record, json.dumps(result, indent=1))
+    print(f"wrote {out} and {record}")

@@ -289,6 +289,23 @@ def _run_data(run_dir: Path, args, split: str = "test"):
     return load_split(args, split)
 
 
+def output_path(out, default, also=()) -> Path:
+    """Where a command other than ``train`` writes a file: ``--out`` as given, refused where it (or
+    its sibling with a suffix in ``also``) exists; else ``default``, versioned (``-2``, ``-3`` ...)
+    past what exists. Such commands write new files only: never a run's files or a user's."""
+    from pvae.util.files import new_path, taken
+
+    if out is None:
+        return new_path(default, also)
+    if not str(out).strip():
+        raise ValueError("--out must name a file, got an empty string")
+    there = taken(out, also)
+    if there is not None:
+        raise ValueError(f"--out {out}: {there} exists, and this command writes new files only (it never replaces a "
+                         "run's file or yours): choose another name")
+    return Path(out)
+
+
 def compile_option(args):
     """fit's ``compile`` from ``--compile`` (the nets) and ``--compile-step auto|on|off``."""
     if getattr(args, "compile", False):

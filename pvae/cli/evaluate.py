@@ -16,7 +16,7 @@ def cmd_eval(args):
     hist = read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else None
     ais = dict(steps=args.steps, chains=args.chains, leapfrog=args.leapfrog) if args.method == "ais" else None
     name = f"eval-{args.method}-k{args.k}" + (f"-steps{args.steps}" if ais else "") + f"-seed{args.seed}"
-    out = prepare(args.out if args.out else run_dir / name, overwrite=args.overwrite)  # never the training results
+    out = prepare(args.out if args.out else run_dir / name, overwrite=args.overwrite, kind="eval")  # never the training results
     with RunLock(out):
         s = report(model, test, out, args.k, history=hist, progress=not args.quiet, seed=args.seed, ais=ais)
     print(results_table(s))

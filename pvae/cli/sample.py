@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from pvae.cli.common import _open_run, _run_data
+from pvae.cli.common import _open_run, _run_data, output_path
 
 
 def cmd_sample(args):
     import torch
 
     from pvae.analysis import plots
+    from pvae.util.files import atomic_write
 
     run_dir, model = _open_run(args)
     if args.sampler == "gmm":  # an ex-post sampler fitted to the codes of the run's training data
@@ -34,10 +34,10 @@ def cmd_sample(args):
             torch.manual_seed(args.seed)
             return model.sample(n)
     name = f"samples-n{args.n}-seed{args.seed}" + ("-gmm" if args.sampler == "gmm" else "")
-    out = Path(args.out) if args.out else run_dir / f"{name}.png"
+    out = output_path(args.out, run_dir / f"{name}.png", also=(".pt",) if args.save_tensor else ())
     images = draw(args.n).cpu()
     ncol = math.ceil(math.sqrt(args.n))
     plots.image_grid([images[i:i + ncol] for i in range(0, len(images), ncol)], out)
     if args.save_tensor:
-        torch.save(images, out.with_suffix(".pt"))
-    print(f"wrote {out}")
+        atomic_write(out.with_suffix(".pt"), lambda tmp: torch.save(images, tmp))
+    print(f"wrote {out}" + (f" and {out.with_suffix('.pt')}" if args.save_tensor else ""))

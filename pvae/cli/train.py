@@ -22,6 +22,7 @@ from pvae.cli.common import (
 
 def cmd_train(args):
     from pvae.training.runs import fresh, prepare
+    from pvae.util.files import MANIFEST
 
     if args.resume is not None:
         if not str(args.resume).strip():
@@ -39,8 +40,9 @@ def cmd_train(args):
     except (ValueError, TypeError, FileNotFoundError):
         # a bad input found before training leaves no folder behind (an interrupted run keeps its data.json)
         folder = Path(run_dir)
-        if created and main_rank and folder.is_dir() and {p.name for p in folder.iterdir()} <= {"data.json"}:
+        if created and main_rank and folder.is_dir() and {p.name for p in folder.iterdir()} <= {"data.json", MANIFEST}:
             (folder / "data.json").unlink(missing_ok=True)
+            (folder / MANIFEST).unlink(missing_ok=True)
             folder.rmdir()
         raise
 

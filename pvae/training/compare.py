@@ -27,7 +27,7 @@ from pvae.infer.pair import as_pair
 from pvae.infer.program import analyse
 from pvae.training.fit import fit
 from pvae.training.runs import RunLock, fresh, prepare
-from pvae.util.files import dumps, write_text
+from pvae.util.files import atomic_write, dumps, write_text
 from pvae.util.validate import check_positive_int
 
 COLUMNS = [("objective", "objective"), ("k", "k"), ("train_seconds", "train s"), ("log_px", "test log p(x)"),
@@ -125,7 +125,7 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
         check_positive_int("ais chains", ais.get("chains", 16))
     build = model if callable(model) else (lambda: VAE(**model))
     check_all(build, train, specs, seed=seed, batch_size=batch_size, data_plate=data_plate)
-    run_dir = prepare(run_dir if run_dir is not None else fresh("compare"), overwrite=overwrite)
+    run_dir = prepare(run_dir if run_dir is not None else fresh("compare"), overwrite=overwrite, kind="compare")
     with RunLock(run_dir):
         return _compare(build, train, test, specs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         device=device, eval_k=eval_k, run_dir=run_dir, progress=progress, data_plate=data_plate,
@@ -161,7 +161,8 @@ def _compare(build, train, test, specs, *, epochs, batch_size, lr, seed, device,
             row.update(log_px_ais=float(ll.mean()), log_px_ais_se=standard_error(ll))
         rows.append(row)
         runs[spec] = {"history": h, "eval": res, "model": h.model}
-        torch.save({k: v for k, v in res.items() if k != "summary"}, run_dir / _slug(spec) / "eval.pt")
+        kept = {k: v for k, v in res.items() if k != "summary"}
+        atomic_write(run_dir / _slug(spec) / "eval.pt", lambda tmp, kept=kept: torch.save(kept, tmp))
         if progress:
             print(f"{spec}: test log p(x) {row['log_px']:.2f}, ELBO {row['elbo']:.2f}, "
                   f"{row['active_units']} active units, {train_seconds:.0f} s")

@@ -10,6 +10,35 @@ import shutil
 from pathlib import Path
 
 
+#: the list of what pvae wrote in a folder it prepared (first line ``#pvae KIND``: the command
+#: that owns the folder); ``--overwrite`` removes what it lists and nothing else
+MANIFEST = ".pvae-files"
+
+
+def start_manifest(folder, kind: str) -> None:
+    """Mark ``folder`` as owned by the pvae command ``kind`` (train, eval, compare), listing nothing yet."""
+    (Path(folder) / MANIFEST).write_text(f"#pvae {kind}\n")
+
+
+def manifest(folder):
+    """(the owning command, the names pvae wrote there) from ``folder``'s manifest, or None without one."""
+    try:
+        lines = (Path(folder) / MANIFEST).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    kind = lines[0][len("#pvae "):].strip() if lines and lines[0].startswith("#pvae ") else None
+    return kind, {line for line in lines[1:] if line and "/" not in line.rstrip("/") and line not in (".", "..")}
+
+
+def note_written(path) -> None:
+    """Add ``path`` (a file, or a folder ending in /) to its folder's manifest, where there is one."""
+    path = Path(path)
+    listing = path.parent / MANIFEST
+    if listing.is_file():
+        with open(listing, "a") as f:  # one short append: atomic on POSIX, so concurrent writers interleave lines
+            f.write(path.name + ("/" if path.is_dir() else "") + "\n")
+
+
 def atomic_write(path, write) -> None:
     """Call ``write(tmp_path)``, flush it to disk, then rename it over ``path`` in one step."""
     path = Path(path)
@@ -21,6 +50,7 @@ def atomic_write(path, write) -> None:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            note_written(path)
         except RuntimeError as e:  # torch.save's writer on a full disk: "enforce fail at inline_container.cc"
             free = shutil.disk_usage(path.parent).free
             raise OSError(f"cannot write {path}: {'the disk is full' if free < 2 ** 20 else 'write failed'} "
@@ -28,6 +58,26 @@ def atomic_write(path, write) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def taken(path, also=()) -> Path | None:
+    """The first of ``path`` and its siblings with the suffixes ``also`` that exists, or None."""
+    path = Path(path)
+    for p in (path, *(path.with_suffix(s) for s in also)):
+        if p.exists() or p.is_symlink():
+            return p
+    return None
+
+
+def new_path(path, also=()) -> Path:
+    """``path``, or ``name-2.ext``, ``name-3.ext`` ... where it (or a sibling with a suffix in
+    ``also``) is taken: outputs never replace a file."""
+    path = Path(path)
+    candidate, i = path, 1
+    while taken(candidate, also) is not None:
+        i += 1
+        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
+    return candidate
 
 
 def write_text(path, text: str) -> None:
