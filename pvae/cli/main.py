@@ -15,8 +15,10 @@ from pvae.cli.parser import SIZES, _given, parser
 from pvae.util.validate import out_of_memory
 
 
-class Terminated(Exception):
-    """SIGTERM or SIGHUP: raised inside the work so that files being written are cleaned up."""
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP: raised inside the work so that files being written are cleaned up. Not
+    an ``Exception`` (like ``KeyboardInterrupt``): no ``except Exception`` on the way (a step that
+    will not trace or compile falls back to eager) can take it for a failure and carry on."""
 
 
 def _on_signal(signum, frame):
