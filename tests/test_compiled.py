@@ -486,3 +486,104 @@ def test_auto_hands_back_to_eager_when_the_compiled_step_is_not_faster_here(monk
     for _ in range(20):
         fast()
     assert calls == ["e"] * 5 + ["c"] * 15 and len(said) == 1 and not slower_here("fast")
+
+
+# -- the compiled step follows the program's Python state (issue 29, class 6) ----------------------------------
+def test_a_value_changed_between_epochs_is_recorded_afresh_then_kept_eager():
+    m, said = vae(beta=1.0), []
+    params = list(m.parameters())
+    elbo = PerDatapointELBO()
+    step = CompiledStep(m, elbo, params, fallback=lambda x: eager_step(m, elbo, x)[0], compile_graph=False,
+                        say=said.append)
+    step(X[:10])
+    for beta in (3.0, 0.5):  # a KL-annealing callback between epochs
+        m.beta = beta
+        step.follow_state()
+        torch.manual_seed(2)
+        loss = step(X[:10])
+        torch.manual_seed(2)
+        assert torch.equal(loss, eager_step(m, elbo, X[:10])[0]), beta  # the graph held beta = 1 before
+    assert len(said) == 1 and "beta: 3.0 -> 0.5" in said[0] and "eager from now on" in said[0]
+
+
+BETA = 2.0
+
+
+def test_a_global_value_the_guide_reads_is_followed_and_a_self_changing_program_stays_eager():
+    global BETA
+    net = torch.nn.Linear(784, 4)
+
+    def model(x):
+        pyro.module("dec", net)
+        with pyro.plate("data", x.shape[0]):
+            with pyro.poutine.scale(scale=BETA):  # a beta-VAE whose beta is a module global
+                z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0], 2]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=z.sum(-1, keepdim=True).expand(*z.shape[:-1], 784)).to_event(1), obs=x)
+
+    def guide(x):
+        h = net(x)
+        with pyro.plate("data", x.shape[0]), pyro.poutine.scale(scale=BETA):
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+    pair = pvae.infer.pair.as_pair(model, guide, modules=net)
+    elbo, params = PerDatapointELBO(), list(pair.parameters())
+    step = CompiledStep(pair, elbo, params, fallback=None, compile_graph=False, say=pytest.fail)
+    step(X[:10])
+    BETA = 4.0
+    try:
+        step.follow_state()
+        torch.manual_seed(5)
+        loss = step(X[:10])
+        torch.manual_seed(5)
+        assert torch.equal(loss, eager_step(pair, elbo, X[:10])[0])
+    finally:
+        BETA = 2.0
+
+    class Counting(pvae.VAE):  # anneals from a counter of its own: a recorded graph cannot follow it
+        calls = 0
+
+        def guide(self, x):
+            self.calls += 1
+            self.beta = min(1.0, self.calls / 100)  # read by model and guide alike
+            return super().guide(x)
+
+    m, said = Counting(x_shape=(784,), latent_dim=2, hidden=(8,)), []
+    step = CompiledStep(m, elbo, list(m.parameters()), fallback=lambda x: eager_step(m, elbo, x)[0],
+                        compile_graph=False, say=said.append)
+    step(X[:10])
+    assert not step.graphs or all(g is None for g in step.graphs.values())
+    assert said and "changes its own Python state as it runs (beta: 1.0 -> 0.02)" in said[0]
+
+
+def test_a_kl_annealing_callback_trains_the_compiled_run_like_the_eager_one(monkeypatch):
+    monkeypatch.setattr(pvae.infer.compiled, "compile_graph", lambda graph, *a, **k: graph)  # traced, not compiled
+    losses = {}
+    for compile in (False, "step"):
+        m = vae()
+
+        def anneal(record, history, m=m):
+            m.beta = 20.0 if len(history) == 1 else 0.5
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            h = pvae.fit(m, X, epochs=3, batch_size=25, lr=1e-2, compile=compile, seed=0, progress=False,
+                         callbacks=[anneal])
+        losses[compile] = [r["train_loss"] for r in h]
+    eager, compiled = losses[False], losses["step"]
+    assert eager[1] > 1.03 * eager[0]  # beta = 20 shows in the loss ...
+    for a, b in zip(eager, compiled):  # ... and the compiled run follows it
+        assert abs(a - b) < 0.01 * abs(a), (eager, compiled)
+
+
+def test_a_step_that_will_not_trace_says_why_in_one_line():
+    class Branches(pvae.VAE):  # a Python branch on the data: a recorded graph cannot hold it
+        def guide(self, x):
+            return super().guide(x if x.sum().item() > 0 else 1 - x)
+
+    torch.manual_seed(0)
+    m, said = Branches(x_shape=(784,), latent_dim=2, hidden=(8,)), []
+    elbo = PerDatapointELBO()
+    step = CompiledStep(m, elbo, list(m.parameters()), fallback=lambda x: eager_step(m, elbo, x)[0],
+                        compile_graph=False, say=said.append)
+    assert torch.isfinite(step(X[:10]))
+    assert len(said) == 1 and said[0].startswith("compile='step': the step stays eager for inputs of shape (10, 784)")

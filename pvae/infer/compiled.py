@@ -92,6 +92,7 @@ class CompiledStep:
         self.clip_grad = clip_grad
         self.capture, self.capture_backend = capture, capture_backend
         self._lr_tensor, self._lr_value = None, None
+        self._state, self._changes = None, 0  # the Python values the graphs were recorded with (`follow_state`)
         self.blocked: str | None = None
         if self.elbo is None:
             self.blocked = f"{type(elbo).__name__} is not a pure tensor function of the parameters"
@@ -115,6 +116,7 @@ class CompiledStep:
         live = [p.detach().requires_grad_() for p in self.params]
         inputs = [p.detach() for p in self.params] + list(tensors)
         buffers = [b.detach().clone() for b in self.pair.buffers()]
+        before = python_state(self.pair)
         said: list = []  # said after the buffer check, which explains a differing recording first
         recorded = record(lambda *flat: self._loss_and_grads(*flat, spec=spec), live + list(tensors), inputs,
                           said.append, "compile='step': the step stays eager")
@@ -126,7 +128,14 @@ class CompiledStep:
             self.say("compile='step': the step stays eager: a step updates the module's buffers (BatchNorm running "
                      "statistics?), which a recorded graph would hold fixed")
             return None
+        changed = state_change(before, python_state(self.pair))
+        if changed:  # (recording ran the program twice: the values it left are not an eager step's)
+            self.blocked = f"the program changes its own Python state as it runs ({changed})"
+            self.say(f"compile='step': the step stays eager: {self.blocked}, which a recorded graph would hold fixed")
+            return None
         if recorded is None:
+            for line in said:
+                self.say(line)
             return None
         graph, state, replay = recorded
         updating, n, slack = self.optimizer is not None, len(self.params), None
@@ -211,12 +220,33 @@ class CompiledStep:
         expected = list(recorded(*check)) + check  # outputs, then every input as the step leaves it
         return recorded, full, expected
 
+    def follow_state(self) -> None:
+        """Called between epochs: where a Python value that the graphs hold fixed has changed since
+        they were recorded (``model.beta`` set by a KL-annealing callback), the graphs are dropped
+        and the next call records afresh; a value that changes a second time keeps the step eager
+        from then on (each recording costs a compilation), said in one line."""
+        if self.blocked or self._state is None:
+            return
+        now = python_state(self.pair)
+        changed = state_change(self._state, now)
+        if changed is None:
+            return
+        self.graphs.clear()
+        self._state = now
+        self._changes += 1
+        if self._changes > 1:
+            self.blocked = f"a value the program reads from Python changes during training ({changed})"
+            self.say(f"compile='step': the step runs eager from now on: {self.blocked}; a recorded graph holds such "
+                     "values fixed (make it a tensor the step takes, or leave it constant, to compile)")
+
     def __call__(self, *args, **kwargs):
         if self.blocked:
             return self.fallback(*args, **kwargs)
         tensors, spec = _flatten(args, kwargs)
         key = _key(tensors, spec)
         if key not in self.graphs:
+            if self._state is None:
+                self._state = python_state(self.pair)
             self.graphs[key] = self._build(args, kwargs)
         built = self.graphs[key]
         if built is None:
@@ -234,6 +264,46 @@ class CompiledStep:
             p.grad = g
         self.grad_norm, self.updated = out[1].sqrt(), False
         return out[0].detach()
+
+
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def python_state(pair) -> dict:
+    """The Python values a program may read that a recorded graph would hold fixed: every plain
+    number, flag or string attribute of the pair's modules (``model.beta``, ``training``), and the
+    numbers that the model and guide functions read from their closures and module globals."""
+    state = {}
+    for name, module in pair.named_modules():
+        for key, value in vars(module).items():
+            if type(value) in _SCALARS and not key.startswith("_is_full_backward"):
+                state[f"{name}.{key}" if name else key] = value
+    for role in ("model", "guide"):
+        fn = getattr(pair, f"_{role}", None) or getattr(pair, role, None)
+        fn = getattr(fn, "__func__", fn)
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            continue
+        for cell_name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if type(value) in _SCALARS:
+                state[f"{role} closure {cell_name}"] = value
+        for global_name in code.co_names:
+            value = fn.__globals__.get(global_name, None)
+            if type(value) in _SCALARS and value is not None:
+                state[f"global {global_name}"] = value
+    return state
+
+
+def state_change(before: dict, after: dict) -> str | None:
+    """The first value that differs between two `python_state` snapshots, as ``name: a -> b``."""
+    for key in [*before, *(k for k in after if k not in before)]:
+        if before.get(key) != after.get(key) or type(before.get(key)) is not type(after.get(key)):
+            return f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+    return None
 
 
 def _plain_adam(optimizer, params) -> bool:
@@ -273,7 +343,7 @@ class CompiledTerms:
 
     def __call__(self, args, kwargs, k: int):
         tensors, spec = _flatten(args, kwargs)
-        key = (k,) + _key(tensors, spec)
+        key = (k,) + _key(tensors, spec) + (tuple(sorted(python_state(self.pair).items(), key=str)),)
         inputs = self._state() + list(tensors)
         if key not in self.graphs:
             recorded = record(lambda *flat: self._terms(*flat, spec=spec, k=k), inputs, inputs, self.say,

@@ -55,6 +55,11 @@ class AutoStep:
     grad_norm = property(lambda self: getattr(self.active, "grad_norm", None))
     updated = property(lambda self: getattr(self.active, "updated", False))
 
+    def follow_state(self) -> None:
+        follow = getattr(self.active, "follow_state", None)
+        if follow is not None:
+            follow()
+
     def _timed(self, step, *args, **kwargs):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -140,6 +145,9 @@ def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, b
     device = inputs.x.device
     total, seen, scale = torch.zeros((), device=device), 0, 1.0
     anneal = getattr(pair, "anneal", None)  # a model's own schedule (e.g. a Gumbel-softmax temperature)
+    follow = getattr(step_loss, "follow_state", None)
+    if follow is not None:  # a compiled step re-records where a callback changed a value it holds fixed
+        follow()
     faults.start_epoch(device)
     for step in bar:
         idx = perm[step * batch_size:(step + 1) * batch_size]
