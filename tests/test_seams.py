@@ -26,3 +26,82 @@ def test_sigterm_while_tracing_or_compiling_stops_the_run(where, tmp_path, monke
     assert "stopped by SIGTERM" in capsys.readouterr().err
     assert not (run / "checkpoint.pt").exists() and not (run / ".pvae.lock").exists()
     assert (run / "data.json").exists()  # what the run trained on is known
+
+
+# -- 7. a density is claimed only where one exists ------------------------------------------------------------
+import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+import torch  # noqa: E402
+
+X = (torch.rand(12, 784, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+
+
+def delta_program():
+    net = torch.nn.Linear(784, 2)
+    dec = torch.nn.Linear(2, 784)
+
+    def model(x):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0], 2]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=dec(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc", net)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Delta(net(x)).to_event(1))  # a point estimate per datapoint
+
+    return model, guide, torch.nn.ModuleList([net, dec])
+
+
+@pytest.mark.parametrize("which", ["ae", "vqvae", "delta"])
+def test_point_mass_guides_get_no_log_px_from_is_ais_or_bdmc(which):
+    if which == "delta":
+        model, guide, modules = delta_program()
+        kw = {"guide": guide, "modules": modules}
+    else:
+        model = pvae.AE(x_shape=(784,), latent_dim=2, hidden=(8,)) if which == "ae" else \
+            pvae.VQVAE(x_shape=(784,), num_codes=4, code_dim=2, hidden=(8,), num_latents=2)
+        kw = {}
+    for call in (lambda: pvae.log_likelihood(model, X[:4], k=5, progress=False, **kw),
+                 lambda: pvae.log_likelihood(model, X[:4], method="ais", steps=3, chains=2, progress=False, **kw),
+                 lambda: pvae.bdmc(model, n=2, steps=3, chains=2, data=X[:2], progress=False, **kw)):
+        with pytest.raises(ValueError, match=r"needs a guide with a density.*point mass \(Delta\)"):
+            call()
+    out = pvae.evaluate(model, X[:4], k=50, progress=False, **kw)
+    s = out["summary"]
+    assert "log_px" not in s and "elbo" not in s and "log_px" not in out and s["k"] == 1
+    assert s["recon"] < 0 and any("point mass" in n for n in s["notes"])
+
+
+def test_a_point_estimate_of_a_global_latent_still_gets_log_px():
+    model, guide, modules = delta_program()
+
+    def global_model(x):
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Bernoulli(logits=b.expand(x.shape[0], 784)).to_event(1), obs=x)
+
+    def global_guide(x):
+        pyro.sample("b", dist.Delta(pyro.param("b_map", torch.tensor(0.3))))
+
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning):  # the global latent is held at its point: said
+        ll = pvae.log_likelihood(global_model, X[:3], guide=global_guide, modules=[], k=4, progress=False)
+    expected = dist.Bernoulli(logits=torch.tensor(0.3)).log_prob(X[:3]).sum(-1)  # log p(x | b) at b's point
+    torch.testing.assert_close(ll, expected)
+
+
+def test_compare_and_the_cli_refuse_a_point_mass_model_before_training(tmp_path, capsys):
+    with pytest.raises(ValueError, match="compare ranks objectives by test log p\\(x\\), which needs a guide"):
+        pvae.compare(lambda: pvae.AE(x_shape=(784,), latent_dim=2, hidden=(8,)), X, X[:4], objectives=["elbo"],
+                     epochs=1, run_dir=tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "elbo").exists()
+    run = tmp_path / "ae"
+    assert main(["train", *TINY, "--model", "ae", "--run-dir", str(run)]) == 0
+    for argv in (["eval", str(run), "--method", "ais", "--steps", "2", "--chains", "2", "--k", "2"],
+                 ["bdmc", str(run), "--n", "2", "--steps", "2", "--chains", "2"]):
+        assert main(argv + ["--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pvae: error: ") and "point mass (Delta)" in err and len(err.strip().splitlines()) == 1
+    assert not any(p.name.startswith("eval-") for p in run.iterdir())

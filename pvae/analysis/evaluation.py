@@ -114,6 +114,24 @@ def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=No
             "variances": variances}
 
 
+def _point_mass(pair, data, labels, data_plate, batch_size, device) -> list:
+    """The local latents on which the pair's guide puts a point mass (none for most guides)."""
+    from pvae.infer.inputs import _eval_inputs
+    from pvae.infer.program import program_of
+    from pvae.util.tensors import device_of
+
+    inputs = _eval_inputs(data, pair, labels)
+    was = pair.training
+    pair.eval()
+    try:
+        program = program_of(pair, inputs.to(torch.device(device) if device is not None else device_of(pair)),
+                             data_plate, batch_size)
+    finally:
+        pair.train(was)
+    sites = list(program.point_mass)
+    return sites or (["its latents"] if getattr(pair, "point_mass", False) else [])
+
+
 def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100, device=None,
              progress: bool = True, khat: bool = True, units: bool = True, labels=None,
              data_plate: str | None = None, compile: bool | None = None) -> dict:
@@ -131,10 +149,13 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     """
     k = check_positive_int("the number of importance samples k", k)
     pair = as_pair(model, guide, modules)
+    point = _point_mass(pair, data, labels, data_plate, batch_size, device)
+    if point:  # no density to weight draws by: one draw gives log p(x|z) at the point, and no log p(x) is claimed
+        k, khat = 1, False
     cols = {n: [] for n in ("log_px", "log_px_mc_se", "elbo", "recon", "kl", "ess", "khat")}
     for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, k, batch_size=batch_size, device=device,
                                                     progress=progress, labels=labels, data_plate=data_plate,
-                                                    compile=compile, on_device=True):
+                                                    compile=compile, on_device=True, point_mass_ok=point):
         lw = lpx + lpz - lqz
         cols["log_px"].append((torch.logsumexp(lw, 0) - math.log(k)).cpu())
         cols["log_px_mc_se"].append(mc_standard_error(lw).cpu())
@@ -174,6 +195,13 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     if bad:
         notes = notes + [f"log p(x) is not finite for {bad} of {s['n']} datapoints: the model gives them "
                          "probability 0 (-inf) or NaN, and the means over datapoints are not finite"]
+    if point:
+        for key in ("log_px", "log_px_se", "log_px_mc_se", "elbo", "kl", "ess"):
+            s.pop(key, None)
+            out.pop(key, None)
+        notes = notes + [f"the guide puts a point mass (Delta) on {', '.join(point)}: there is no density to "
+                         "importance-sample log p(x) with, so none is reported; recon is log p(x|z) at the guide's "
+                         "point"]
     if notes:
         s["notes"] = notes
     out["summary"] = s

@@ -79,8 +79,9 @@ def report(model, test, run_dir=None, k: int = 5000, history=None, progress=True
     """
     import torch
 
-    from pvae.analysis.evaluation import evaluate
+    from pvae.analysis.evaluation import _point_mass, evaluate
     from pvae.data.datasets import Data, as_tensors
+    from pvae.infer.pair import as_pair
     from pvae.util.files import dumps, finite, write_text
 
     if hasattr(model, "model") and isinstance(model, list):  # a History
@@ -93,9 +94,13 @@ def report(model, test, run_dir=None, k: int = 5000, history=None, progress=True
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    point_mass = getattr(model, "point_mass", False)
     semi = getattr(model, "missing_labels", False)
     labels = torch.full((len(test),), -1) if semi else None
+    point_mass = _point_mass(as_pair(model), test, labels, getattr(model, "_pvae_data_plate", None), 100, None)
+    if point_mass and ais is not None:  # said before any work
+        raise ValueError(f"AIS's log p(x) needs a guide with a density, and {type(model).__name__}'s guide puts a "
+                         f"point mass (Delta) on {', '.join(point_mass)}: evaluate it without AIS (it reports log "
+                         "p(x|z) at the point)")
     with warnings.catch_warnings():  # said in the results' notes (and the table the CLI prints), not twice
         warnings.filterwarnings("ignore", message="PSIS k-hat exceeds 0.7")
         res = evaluate(model, test, k=1 if point_mass else k, progress=progress, khat=not point_mass, labels=labels,

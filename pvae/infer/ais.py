@@ -266,13 +266,14 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
 def _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size):
     from pvae.infer.inputs import _eval_inputs
     from pvae.infer.pair import as_pair
-    from pvae.infer.program import program_of
+    from pvae.infer.program import check_density, program_of
     from pvae.util.tensors import device_of
 
     pair = as_pair(model, guide, modules)
     device = device_of(pair)
     inputs = _eval_inputs(data, pair, labels)
     program = program_of(pair, inputs.to(device), data_plate, batch_size)
+    check_density(pair, program, "AIS's log p(x)")
     return pair, device, inputs, program
 
 

@@ -44,7 +44,7 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
     "summary": {...}}`` (also as attributes ``.lower``, ``.upper``)."""
     from pvae.infer.inputs import Inputs, arrange
     from pvae.infer.pair import as_pair
-    from pvae.infer.program import program_of
+    from pvae.infer.program import check_density, program_of
     from pvae.util.tensors import device_of
     from pvae.util.validate import check_positive_int
 
@@ -67,6 +67,7 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
         if template.n < n:
             raise ValueError(f"bdmc: n={n} but the data have {template.n} datapoints (they give the input's shape)")
         program = program_of(pair, template.to(device), data_plate)
+        check_density(pair, program, "bdmc (bounds on log p(x))")
         if program.global_sites:
             raise ValueError("bdmc simulates from the model, and global latents would have to be simulated too: "
                              f"{list(program.global_sites)} are global")

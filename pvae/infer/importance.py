@@ -28,7 +28,7 @@ from pyro import poutine
 
 from pvae.infer.inputs import Inputs, _eval_inputs, arrange
 from pvae.infer.pair import as_pair
-from pvae.infer.program import log_weight_terms, program_of
+from pvae.infer.program import check_density, log_weight_terms, program_of
 from pvae.infer.sites import Program
 from pvae.infer.traces import fix_globals
 from pvae.nn.nets import flush_denormals
@@ -49,7 +49,8 @@ COMPILE_FROM = {"warm": 500_000, "cold": 5_000_000}
 
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
                           device=None, progress: bool = False, desc: str = "log p(x)", labels=None,
-                          data_plate: str | None = None, compile: bool | None = None, on_device: bool = False):
+                          data_plate: str | None = None, compile: bool | None = None, on_device: bool = False,
+                          point_mass_ok: bool = False):
     """Yield ``(start, terms)`` per batch of data, with ``terms`` (k, batch) tensors concatenated
     over chunks of particles: [`LogWeightTerms`][pvae.infer.sites.LogWeightTerms] fields, on the CPU
     (on the evaluation device with ``on_device=True``). Global latents are held at their guide mean
@@ -58,7 +59,8 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     ``compile``: run each chunk as a traced and compiled graph ([`pvae.infer.compiled.CompiledTerms`][pvae.infer.compiled.CompiledTerms]);
     None compiles from `COMPILE_FROM` particles x datapoints on (fewer where this machine compiled the
     model's pass before). Programs with global latents or
-    sequential particles stay eager."""
+    sequential particles stay eager. A guide with a point mass on a local latent is refused
+    (`pvae.infer.program.check_density`) unless ``point_mass_ok`` (evaluation's log p(x|z))."""
     pair = as_pair(model, guide, modules)
     device = torch.device(device) if device is not None else device_of(pair)
     inputs = _eval_inputs(data, pair, labels)
@@ -75,6 +77,8 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                 args, kwargs = inputs.take(slice(start, start + batch_size), device=device)
                 if program is None:
                     program = program_of(pair, inputs.to(device), data_plate, batch_size)
+                    if not point_mass_ok:
+                        check_density(pair, program)
                     with poutine.block():
                         fixed = fix_globals(pair.guide, program, *args, **kwargs)
                     compiled = _compiled_terms(pair, program, fixed, compile, n * k)

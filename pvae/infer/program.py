@@ -48,6 +48,7 @@ from pvae.infer.sites import (
     forked_rng,
     in_plate,
     is_counted,
+    is_point_mass,
     latent_sites,
     plain_traces,
 )
@@ -162,12 +163,15 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
     auxiliary = tuple(n for n, s in guide_latents if s["infer"].get("is_auxiliary"))
     guide_only = [n for n, _ in guide_latents if n not in model_trace.nodes and n not in auxiliary]
     not_rep = [n for n, s in guide_latents if not s["fn"].has_rsample]
+    point_mass = tuple(n for n, s in guide_latents if is_point_mass(s["fn"]) and n not in global_sites
+                       and n not in auxiliary)
     enumerated = any(s["infer"].get("enumerate") for tr in (model_trace, guide_trace)
                      for s in tr.nodes.values() if s["type"] == "sample")
     program = Program(plate, nesting, vectorize=True, global_sites=tuple(global_sites), scaled_sites=tuple(scaled),
                       prior_sites=tuple(prior_sites), guide_only=tuple(guide_only), auxiliary=auxiliary,
                       model_enumerated=model_enumerated, enumerated=enumerated,
-                      not_reparameterized=tuple(not_rep), checked=check_vectorize or trusted)
+                      not_reparameterized=tuple(not_rep), point_mass=point_mass,
+                      checked=check_vectorize or trusted)
     unexpected = [n for n in prior_sites if not n.endswith("_unobserved") and n not in model_enumerated]
     if unexpected:
         warnings.warn(f"latent sites {unexpected} of the model have no match in the guide: they are drawn from "
@@ -190,6 +194,19 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
         if reason is not None:
             go_sequential(program, reason)
     return program
+
+
+def check_density(pair, program: Program, what: str = "log p(x)") -> None:
+    """Refuse, in one line, an estimate of log p(x) for a guide that puts a point mass on a local
+    latent (an autoencoder's, a VQ-VAE's, a user's ``dist.Delta``): there is no q(z|x) to weight
+    draws by, and such a model's p(x) is not what its training fits."""
+    sites = list(program.point_mass)
+    if not sites and getattr(pair, "point_mass", False):
+        sites = ["its latents"]
+    if sites:
+        raise ValueError(f"{what} needs a guide with a density, and {type(pair).__name__}'s guide puts a point mass "
+                         f"(Delta) on {', '.join(map(str, sites))} for each datapoint: no log p(x) is estimated for it; "
+                         "pvae.evaluate reports log p(x|z) at the point ('recon') instead")
 
 
 def go_sequential(program: Program, reason: str) -> None:

@@ -56,6 +56,7 @@ class Program:
     model_enumerated: tuple = ()  # discrete sites of the model only, summed out by TraceEnum_ELBO
     enumerated: bool = False
     not_reparameterized: tuple = ()
+    point_mass: tuple = ()  # local latents the guide puts a point mass (Delta) on: no density to weight with
     notes: list = field(default_factory=list)
     checked: bool = False  # whether vectorization was tried (or the program is pvae's own)
 
@@ -71,6 +72,15 @@ class Program:
         if not self.vectorize:
             out.append("particles drawn sequentially (the program's nets take no particle dim)")
         return out
+
+def is_point_mass(fn) -> bool:
+    """Whether a site's distribution is a ``Delta`` (through ``Independent``, masks and scales)."""
+    import pyro.distributions as dist
+
+    while not isinstance(fn, dist.Delta) and hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Delta)
+
 
 def is_counted(site) -> bool:
     """A sample site that carries a log-density: not a plate's subsample site, not deterministic."""

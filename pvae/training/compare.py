@@ -24,7 +24,7 @@ from pvae.infer.inputs import arrange, own_model
 from pvae.infer.objectives import check_objective, configure
 from pvae.infer.objectives import objective as make_objective
 from pvae.infer.pair import as_pair
-from pvae.infer.program import analyse
+from pvae.infer.program import analyse, check_density
 from pvae.training.fit import fit
 from pvae.training.runs import RunLock, fresh, prepare
 from pvae.util.files import atomic_write, dumps, write_text
@@ -64,6 +64,7 @@ def check_all(build, train, specs, *, seed: int = 0, batch_size: int = 100, data
         args, kwargs = inputs.take(slice(0, batch_size), x=binarize_x(first, "static") if binarize == "dynamic" else first)
         program = analyse(pair.model, pair.guide, args, kwargs, data_plate=data_plate, module=pair,
                           trusted=own_model(pair), check_vectorize=False)
+        check_density(pair, program, "compare ranks objectives by test log p(x), which")
         for spec in specs:
             elbo = make_objective(spec)
             configure(elbo, program)
