@@ -42,8 +42,11 @@ def test_ddp_steps_equal_single_process_steps_on_the_concatenated_batch(tmp_path
         for k, v in single.state_dict().items():
             torch.testing.assert_close(ddp[k], v, atol=1e-5, rtol=1e-5)  # 4 Adam steps agree
     # exactly one checkpoint and one set of run files, written by rank 0
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "history.csv",
-                                                                    "history.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".pvae-files", "checkpoint.pt", "config.json",
+                                                                    "history.csv", "history.json"]
+    listed = (tmp_path / "run" / ".pvae-files").read_text().splitlines()
+    assert listed[0] == "#pvae train" and sorted(listed[1:]) == ["checkpoint.pt", "config.json", "history.csv",
+                                                                 "history.json"]  # what rank 0 wrote, once each
     state = pvae.load_checkpoint(tmp_path / "run")
     assert state["epoch"] == 2 and state["fit_config"]["processes"] == 2
     ddp_losses = [r["train_loss"] for r in state["history"]]

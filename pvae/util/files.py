@@ -35,8 +35,14 @@ def note_written(path) -> None:
     path = Path(path)
     listing = path.parent / MANIFEST
     if listing.is_file():
+        line = path.name + ("/" if path.is_dir() else "")
+        try:
+            if line in listing.read_text().splitlines()[1:]:
+                return  # listed once, however often it is rewritten (a checkpoint every epoch)
+        except (OSError, UnicodeDecodeError):
+            pass
         with open(listing, "a") as f:  # one short append: atomic on POSIX, so concurrent writers interleave lines
-            f.write(path.name + ("/" if path.is_dir() else "") + "\n")
+            f.write(line + "\n")
 
 
 def atomic_write(path, write) -> None:
