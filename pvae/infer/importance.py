@@ -29,6 +29,7 @@ from pyro import poutine
 from pvae.infer.inputs import Inputs, _eval_inputs, arrange
 from pvae.infer.pair import as_pair
 from pvae.infer.program import check_density, log_weight_terms, program_of
+from pvae.infer.rows import refuse_minibatches
 from pvae.infer.sites import Program
 from pvae.infer.traces import fix_globals
 from pvae.nn.nets import flush_denormals
@@ -79,6 +80,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     program = program_of(pair, inputs.to(device), data_plate, batch_size)
                     if not point_mass_ok:
                         check_density(pair, program)
+                    refuse_minibatches(program, batch_size, n, "evaluation")
                     with poutine.block():
                         fixed = fix_globals(pair.guide, program, *args, **kwargs)
                     compiled = _compiled_terms(pair, program, fixed, compile, n * k)

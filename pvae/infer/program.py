@@ -38,6 +38,7 @@ import torch
 from pyro import poutine
 
 from pvae.infer.inputs import Inputs, own_model
+from pvae.infer.rows import per_datapoint_sites
 from pvae.infer.sites import (
     DATA_PLATE,
     LogWeightTerms,
@@ -163,8 +164,8 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
     auxiliary = tuple(n for n, s in guide_latents if s["infer"].get("is_auxiliary"))
     guide_only = [n for n, _ in guide_latents if n not in model_trace.nodes and n not in auxiliary]
     not_rep = [n for n, s in guide_latents if not s["fn"].has_rsample]
-    point_mass = tuple(n for n, s in guide_latents if is_point_mass(s["fn"]) and n not in global_sites
-                       and n not in auxiliary)
+    point_mass = () if auxiliary else tuple(  # (an autoguide's Delta sites carry its auxiliary draw's density)
+        n for n, s in guide_latents if is_point_mass(s["fn"]) and n not in global_sites)
     enumerated = any(s["infer"].get("enumerate") for tr in (model_trace, guide_trace)
                      for s in tr.nodes.values() if s["type"] == "sample")
     program = Program(plate, nesting, vectorize=True, global_sites=tuple(global_sites), scaled_sites=tuple(scaled),
@@ -172,6 +173,9 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
                       model_enumerated=model_enumerated, enumerated=enumerated,
                       not_reparameterized=tuple(not_rep), point_mass=point_mass,
                       checked=check_vectorize or trusted)
+    if not trusted:
+        program.per_datapoint = tuple(per_datapoint_sites(model, guide, args, kwargs, plate, (model_trace, guide_trace),
+                                                          module=module, batch=batch))
     unexpected = [n for n in prior_sites if not n.endswith("_unobserved") and n not in model_enumerated]
     if unexpected:
         warnings.warn(f"latent sites {unexpected} of the model have no match in the guide: they are drawn from "

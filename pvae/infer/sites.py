@@ -57,6 +57,7 @@ class Program:
     enumerated: bool = False
     not_reparameterized: tuple = ()
     point_mass: tuple = ()  # local latents the guide puts a point mass (Delta) on: no density to weight with
+    per_datapoint: tuple = ()  # sites or params with one parameter row per datapoint (pvae.infer.rows)
     notes: list = field(default_factory=list)
     checked: bool = False  # whether vectorization was tried (or the program is pvae's own)
 
@@ -71,6 +72,9 @@ class Program:
             out.append(f"training scales on {list(self.scaled_sites)} ignored for evaluation")
         if not self.vectorize:
             out.append("particles drawn sequentially (the program's nets take no particle dim)")
+        if self.per_datapoint:
+            out.append(f"per-datapoint parameters ({', '.join(self.per_datapoint)}): datapoint i is scored with "
+                       "parameter row i, so the data must be the training data in their order")
         return out
 
 def is_point_mass(fn) -> bool:

@@ -30,6 +30,7 @@ from pvae.infer.objectives import check_objective, configure
 from pvae.infer.objectives import objective as make_objective
 from pvae.infer.pair import as_pair
 from pvae.infer.program import analyse, store_params, untrained_leaves
+from pvae.infer.rows import refuse_minibatches
 from pvae.nn.nets import accelerate, flush_denormals
 from pvae.training.checkpoint import (
     BEST,
@@ -234,6 +235,12 @@ def _fit(model, train, s: FitSettings, *, guide, modules, device, test, labels, 
             raise ValueError("the model has no trainable parameters: pass modules=... holding the nets "
                              "that the model and guide use (or register them with pyro.module / pyro.param)")
         missed = untrained_leaves(pair, params, first_args, first_kwargs)
+    if program.per_datapoint:  # rows tied to batch positions: one batch, in order, or refused
+        refuse_minibatches(program, s.batch_size if not ctx.active else s.batch_size // ctx.world, inputs.n)
+        if test_inputs is not None or val_inputs is not None:
+            raise ValueError(f"the program keeps one parameter row per training datapoint "
+                             f"({', '.join(program.per_datapoint)}), so held-out data have no rows of their own: "
+                             "leave out test= and validation=, and evaluate on the training data in their order")
     if missed:
         raise ValueError(f"the loss depends on {len(missed)} tensor(s) that would not be trained ({missed[0]}, ...): "
                          "pass the modules holding them as modules=..., or register them with pyro.module / pyro.param")
@@ -332,7 +339,8 @@ def _fit_epochs(run: Run, s: FitSettings) -> None:
                                  signature=step_signature(pair, elbo, run.first_args, run.first_kwargs, device))
         for epoch in range(run.start_epoch, epochs):
             t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=shuffle).to(device)
+            perm = (torch.arange(n, device=device) if run.program.per_datapoint  # row i stays datapoint i
+                    else torch.randperm(n, generator=shuffle).to(device))
             bar = progress_bar(range(steps), desc=f"epoch {epoch + 1}/{epochs}", progress=progress)
             total, seen, kl_scale = _train_epoch(
                 pair, step_loss, optimizer, run.params, inputs, perm, batch_size, bar, ctx, run.binarize,
