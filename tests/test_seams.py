@@ -105,3 +105,120 @@ def test_compare_and_the_cli_refuse_a_point_mass_model_before_training(tmp_path,
         err = capsys.readouterr().err
         assert err.startswith("pvae: error: ") and "point mass (Delta)" in err and len(err.strip().splitlines()) == 1
     assert not any(p.name.startswith("eval-") for p in run.iterdir())
+
+
+# -- 5. checks come before the work ----------------------------------------------------------------------------
+def labelled_program():
+    net = torch.nn.Linear(784 + 1, 4)
+    dec = torch.nn.Linear(2 + 1, 784)
+
+    def model(x, y):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0], 2]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=dec(torch.cat([z, y.unsqueeze(-1).expand(*z.shape[:-1], 1)], -1)))
+                        .to_event(1), obs=x)
+
+    def guide(x, y):
+        pyro.module("enc", net)
+        h = net(torch.cat([x, y.unsqueeze(-1)], -1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+    return model, guide, torch.nn.ModuleList([net, dec])
+
+
+def test_members_of_the_test_data_are_checked_before_training():
+    model, guide, modules = labelled_program()
+    y = torch.arange(12.0) % 2
+    bad = y.clone()
+    bad[3] = float("nan")
+    fit = lambda test, **kw: pvae.fit(model, (X, y), guide=guide, modules=modules, epochs=50, test=test,  # noqa: E731
+                                      progress=False, **kw)
+    with pytest.raises(ValueError, match=r"data member 2 of the test data holds NaN or inf \(1 of 12 values\)"):
+        fit((X, bad))
+    with pytest.raises(ValueError, match="the model requires y, which the test data do not hold"):
+        fit(X)
+    import numpy as np
+    with pytest.raises(TypeError, match="data member 2 holds <U1 values"):
+        fit((X, np.array(list("ab") * 6)))
+    h = pvae.fit(model, (X, y.double()), guide=guide, modules=modules, epochs=1, test=(X.double(), y.double()),
+                 progress=False)  # float64 members are converted as x is
+    assert h[-1]["test_elbo"] < 0
+
+
+def test_ais_on_a_discrete_program_is_refused_before_importance_sampling_or_training(tmp_path):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5 * torch.ones(x.shape[0])))
+            pyro.sample("x", dist.Bernoulli(logits=c.unsqueeze(-1).expand(*c.shape, 784)).to_event(1), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", torch.tensor(0.3), constraint=dist.constraints.unit_interval)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Bernoulli(p.expand(x.shape[0])))
+
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="site 'c' of the program is discrete"):
+        pvae.compare(lambda: pvae.infer.pair.as_pair(model, guide, []), X, X[:4], objectives=["elbo"], epochs=1,
+                     eval_k=2, ais={"steps": 3, "chains": 2}, run_dir=tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "elbo").exists()
+    pair = pvae.infer.pair.as_pair(model, guide, [])
+    with pytest.raises(ValueError, match="site 'c' of the program is discrete"):
+        pvae.report(pair, X[:4], tmp_path / "r", 3, ais={"steps": 3, "chains": 2, "leapfrog": 1})
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+# -- 9, 10. autoguides' joint latents; guide draws of observed values -----------------------------------------
+def test_a_joint_autoguide_latent_is_refused_and_autonormal_converges_to_the_exact_log_px():
+    from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
+
+    n, d, noise = 16, 4, 0.5
+    torch.manual_seed(0)
+    dec = torch.nn.Linear(2, d)
+    x = torch.randn(n, d)
+
+    def model(x):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0], 2]).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), noise).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    joint = AutoDiagonalNormal(model)
+    h = pvae.fit(model, x, guide=joint, modules=[dec, joint], epochs=2, batch_size=n, progress=False)
+    with pytest.raises(ValueError, match=r"draws \['z'\] for all datapoints at once from one joint latent"):
+        pvae.log_likelihood(h.model, x, k=10, batch_size=n, progress=False)
+    with pytest.raises(ValueError, match="one joint latent"):
+        pvae.log_likelihood(h.model, x, method="ais", steps=3, chains=2, batch_size=n, progress=False)
+
+    pyro.clear_param_store()
+    auto = AutoNormal(model)
+    h = pvae.fit(model, x, guide=auto, modules=[dec, auto], epochs=300, batch_size=n, lr=0.05, progress=False)
+    ll = pvae.log_likelihood(h.model, x, k=4000, batch_size=n, progress=False)
+    w, b = dec.weight.detach(), dec.bias.detach()
+    exact = dist.MultivariateNormal(b, w @ w.T + noise ** 2 * torch.eye(d)).log_prob(x)  # x = Wz + b + noise
+    assert float((ll - exact).abs().mean()) < 0.05, (ll - exact)
+
+
+def test_guide_draws_of_values_the_model_observes_are_said_and_not_weighted():
+    net = torch.nn.Linear(784, 3)
+
+    def model(x, y):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0], 1]).to_event(1))
+            pyro.sample("y", dist.Bernoulli(logits=z.squeeze(-1)), obs=y)
+            pyro.sample("x", dist.Bernoulli(logits=z.expand(*z.shape[:-1], 784)).to_event(1), obs=x)
+
+    def guide(x, y):
+        h = net(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Bernoulli(logits=h[:, 2]))  # drawn although the model observes it
+            pyro.sample("z", dist.Normal(h[:, :1], h[:, 1:2].exp()).to_event(1))
+
+    y = torch.arange(12.0) % 2
+    with pytest.warns(UserWarning, match=r"the guide samples \['y'\], which the model observes"):
+        h = pvae.fit(model, (X, y), guide=guide, modules=[net], epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"the guide samples \['y'\], which the model observes"):
+        pvae.log_likelihood(h.model, (X, y), k=5, progress=False)

@@ -114,8 +114,9 @@ def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=No
             "variances": variances}
 
 
-def _point_mass(pair, data, labels, data_plate, batch_size, device) -> list:
-    """The local latents on which the pair's guide puts a point mass (none for most guides)."""
+def analysed(pair, data, labels=None, data_plate=None, batch_size: int = 100, device=None):
+    """What tracing the pair on its first batch of ``data`` finds (a `Program`; cached on the pair),
+    with the nets in eval mode, as evaluation runs them."""
     from pvae.infer.inputs import _eval_inputs
     from pvae.infer.program import program_of
     from pvae.util.tensors import device_of
@@ -124,10 +125,14 @@ def _point_mass(pair, data, labels, data_plate, batch_size, device) -> list:
     was = pair.training
     pair.eval()
     try:
-        program = program_of(pair, inputs.to(torch.device(device) if device is not None else device_of(pair)),
-                             data_plate, batch_size)
+        return program_of(pair, inputs.to(torch.device(device) if device is not None else device_of(pair)),
+                          data_plate, batch_size)
     finally:
         pair.train(was)
+
+
+def point_mass_sites(pair, program) -> list:
+    """The local latents on which the pair's guide puts a point mass (none for most guides)."""
     sites = list(program.point_mass)
     return sites or (["its latents"] if getattr(pair, "point_mass", False) else [])
 
@@ -149,7 +154,7 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     """
     k = check_positive_int("the number of importance samples k", k)
     pair = as_pair(model, guide, modules)
-    point = _point_mass(pair, data, labels, data_plate, batch_size, device)
+    point = point_mass_sites(pair, analysed(pair, data, labels, data_plate, batch_size, device))
     if point:  # no density to weight draws by: one draw gives log p(x|z) at the point, and no log p(x) is claimed
         k, khat = 1, False
     cols = {n: [] for n in ("log_px", "log_px_mc_se", "elbo", "recon", "kl", "ess", "khat")}

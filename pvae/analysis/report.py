@@ -79,9 +79,10 @@ def report(model, test, run_dir=None, k: int = 5000, history=None, progress=True
     """
     import torch
 
-    from pvae.analysis.evaluation import _point_mass, evaluate
+    from pvae.analysis.evaluation import analysed, evaluate, point_mass_sites
     from pvae.data.datasets import Data, as_tensors
     from pvae.infer.pair import as_pair
+    from pvae.infer.program import check_ais
     from pvae.util.files import dumps, finite, write_text
 
     if hasattr(model, "model") and isinstance(model, list):  # a History
@@ -96,11 +97,14 @@ def report(model, test, run_dir=None, k: int = 5000, history=None, progress=True
     t0 = time.perf_counter()
     semi = getattr(model, "missing_labels", False)
     labels = torch.full((len(test),), -1) if semi else None
-    point_mass = _point_mass(as_pair(model), test, labels, getattr(model, "_pvae_data_plate", None), 100, None)
+    program = analysed(as_pair(model), test, labels, getattr(model, "_pvae_data_plate", None))
+    point_mass = point_mass_sites(model, program)
     if point_mass and ais is not None:  # said before any work
         raise ValueError(f"AIS's log p(x) needs a guide with a density, and {type(model).__name__}'s guide puts a "
                          f"point mass (Delta) on {', '.join(point_mass)}: evaluate it without AIS (it reports log "
                          "p(x|z) at the point)")
+    if ais is not None:
+        check_ais(program)
     with warnings.catch_warnings():  # said in the results' notes (and the table the CLI prints), not twice
         warnings.filterwarnings("ignore", message="PSIS k-hat exceeds 0.7")
         res = evaluate(model, test, k=1 if point_mass else k, progress=progress, khat=not point_mass, labels=labels,

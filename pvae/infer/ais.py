@@ -266,7 +266,7 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
 def _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size):
     from pvae.infer.inputs import _eval_inputs
     from pvae.infer.pair import as_pair
-    from pvae.infer.program import check_density, program_of
+    from pvae.infer.program import check_ais, check_density, check_per_datapoint, program_of
     from pvae.util.tensors import device_of
 
     pair = as_pair(model, guide, modules)
@@ -274,6 +274,8 @@ def _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_s
     inputs = _eval_inputs(data, pair, labels)
     program = program_of(pair, inputs.to(device), data_plate, batch_size)
     check_density(pair, program, "AIS's log p(x)")
+    check_per_datapoint(pair, program, "AIS's log p(x)")
+    check_ais(program)
     return pair, device, inputs, program
 
 

@@ -41,10 +41,14 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
     """Bidirectional Monte Carlo on ``n`` datapoints simulated from the model: forward AIS (a
     stochastic lower bound on log p(x)) and reverse AIS from the exact latents (a stochastic
     upper bound). Returns ``{"lower": (n,), "upper": (n,), "gap": (n,), "x": simulated data,
-    "summary": {...}}`` (also as attributes ``.lower``, ``.upper``)."""
+    "summary": {...}}`` (also as attributes ``.lower``, ``.upper``).
+
+    ``data``: datapoints that give the program's input shape and any other members it takes (a
+    conditional program's labels): only where the model has no ``x_shape``; their x values are
+    replaced by the simulated ones, and fewer than ``n`` rows are repeated to ``n`` in turn."""
     from pvae.infer.inputs import Inputs, arrange
     from pvae.infer.pair import as_pair
-    from pvae.infer.program import check_density, program_of
+    from pvae.infer.program import check_ais, check_density, check_per_datapoint, program_of
     from pvae.util.tensors import device_of
     from pvae.util.validate import check_positive_int
 
@@ -64,10 +68,12 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
         if base is None:
             raise ValueError("bdmc needs data=... (a few datapoints) to know the shape of a program's input")
         template = arrange(pair, base, what="bdmc data", evaluation=True)[0]
-        if template.n < n:
-            raise ValueError(f"bdmc: n={n} but the data have {template.n} datapoints (they give the input's shape)")
+        if template.n < n:  # a few datapoints give the shape (and any other members): their rows repeat to n
+            template = template.subset(torch.arange(n) % template.n)
         program = program_of(pair, template.to(device), data_plate)
         check_density(pair, program, "bdmc (bounds on log p(x))")
+        check_per_datapoint(pair, program, "bdmc (bounds on log p(x))")
+        check_ais(program)
         if program.global_sites:
             raise ValueError("bdmc simulates from the model, and global latents would have to be simulated too: "
                              f"{list(program.global_sites)} are global")

@@ -28,7 +28,7 @@ from pyro import poutine
 
 from pvae.infer.inputs import Inputs, _eval_inputs, arrange
 from pvae.infer.pair import as_pair
-from pvae.infer.program import check_density, log_weight_terms, program_of
+from pvae.infer.program import check_density, check_per_datapoint, log_weight_terms, program_of
 from pvae.infer.rows import refuse_minibatches
 from pvae.infer.sites import Program
 from pvae.infer.traces import fix_globals
@@ -81,6 +81,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     if not point_mass_ok:
                         check_density(pair, program)
                     refuse_minibatches(program, batch_size, n, "evaluation")
+                    check_per_datapoint(pair, program)
                     with poutine.block():
                         fixed = fix_globals(pair.guide, program, *args, **kwargs)
                     compiled = _compiled_terms(pair, program, fixed, compile, n * k)

@@ -86,11 +86,28 @@ def _tensor(a, what: str) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a
     if isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{what} holds {a.dtype} values ({a.dtype.kind!r} kind): data members must be numbers "
+                            "(floats, integers or booleans)")
         return torch.from_numpy(a) if a.dtype != np.uint8 else _to_float(a)
     try:
         return torch.as_tensor(a)
     except Exception:
         raise TypeError(f"{what} must be a tensor or array, got {type(a).__name__}") from None
+
+
+def _checked_member(a: torch.Tensor, name: str, what: str, dtype) -> torch.Tensor:
+    """A member next to x: finite where it is a float (then in x's dtype, as x is converted)."""
+    if a.is_complex():
+        raise TypeError(f"{name} of the {what} is complex ({a.dtype}): data members must be real numbers")
+    if a.is_floating_point():
+        if not bool(torch.isfinite(a).all()):
+            bad = int((~torch.isfinite(a)).sum())
+            raise ValueError(f"{name} of the {what} holds NaN or inf ({bad} of {a.numel()} values): fix or drop "
+                             "those datapoints")
+        if dtype.is_floating_point and a.dtype != dtype:
+            a = a.to(dtype)
+    return a
 
 
 def members(data, labels=None):
@@ -191,6 +208,8 @@ def arrange(pair, data, labels=None, what: str = "training data", evaluation: bo
     for k, a in kwextra.items():
         if a.dim() == 0 or a.shape[0] != n:
             raise ValueError(f"data[{k!r}] of the {what} has {_describe(a)}: it needs one row per datapoint ({n})")
+    extra = [_checked_member(a, f"data member {i + 1}", what, x.dtype) for i, a in enumerate(extra, 1)]
+    kwextra = {k: _checked_member(a, f"data[{k!r}]", what, x.dtype) for k, a in kwextra.items()}
     if own_model(pair):
         y = extra[0] if extra else class_labels
         if len(extra) > 1 or kwextra:
@@ -235,9 +254,28 @@ def arrange(pair, data, labels=None, what: str = "training data", evaluation: bo
                                 "were not passed (give the model a second argument, e.g. model(x, y=None), to "
                                 "condition on them)"]
                 return inputs, mode
+    _check_required(pair, extra, kwextra, x_key, what)
     inputs = Inputs(x, extra, kwextra, x_key)
     inputs.notes = [note] if note else []
     return inputs, mode
+
+
+def _check_required(pair, extra, kwextra, x_key, what) -> None:
+    """Every argument the model and guide require has a member in the data (else the first call
+    would fail deep inside the program, or after training, on the test data)."""
+    for which in ("model", "guide"):
+        sig = _params(_program_fn(pair, which))
+        if sig is None:
+            continue
+        pos, _, kw, _, defaults = sig
+        rest = [p for p in pos if p != x_key][0 if x_key is not None else 1:]
+        given = set(rest[:len(extra)]) | set(kwextra)
+        missing = [p for p in rest + kw if defaults.get(p, inspect.Parameter.empty) is inspect.Parameter.empty
+                   and p not in given]
+        if missing:
+            raise ValueError(f"the {which} requires {', '.join(missing)}, which the {what} do not hold: pass the data "
+                             f"with {'that member' if len(missing) == 1 else 'those members'} (a tuple (x, "
+                             f"{', '.join(missing)}) or a dict), or give the argument a default")
 
 
 def _shape_for_program(pair, x, extra, kwextra, x_key, what):

@@ -164,6 +164,11 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
     auxiliary = tuple(n for n, s in guide_latents if s["infer"].get("is_auxiliary"))
     guide_only = [n for n, _ in guide_latents if n not in model_trace.nodes and n not in auxiliary]
     not_rep = [n for n, s in guide_latents if not s["fn"].has_rsample]
+    discrete = tuple(n for n, s in guide_latents if s["fn"].support.is_discrete)
+    observed = tuple(n for n, _ in guide_latents if n in model_trace.nodes and model_trace.nodes[n]["is_observed"])
+    joint = auxiliary and any(n in global_sites for n in auxiliary)  # one draw outside the data plate ...
+    joint_local = tuple(n for n, s in guide_latents if joint and n not in auxiliary and in_plate(s, plate)
+                        and is_point_mass(s["fn"]))  # ... that per-datapoint sites are cut from
     point_mass = () if auxiliary else tuple(  # (an autoguide's Delta sites carry its auxiliary draw's density)
         n for n, s in guide_latents if is_point_mass(s["fn"]) and n not in global_sites)
     enumerated = any(s["infer"].get("enumerate") for tr in (model_trace, guide_trace)
@@ -171,11 +176,16 @@ def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None
     program = Program(plate, nesting, vectorize=True, global_sites=tuple(global_sites), scaled_sites=tuple(scaled),
                       prior_sites=tuple(prior_sites), guide_only=tuple(guide_only), auxiliary=auxiliary,
                       model_enumerated=model_enumerated, enumerated=enumerated,
-                      not_reparameterized=tuple(not_rep), point_mass=point_mass,
+                      not_reparameterized=tuple(not_rep), point_mass=point_mass, discrete=discrete,
+                      joint_local=joint_local, observed_in_model=observed,
                       checked=check_vectorize or trusted)
     if not trusted:
         program.per_datapoint = tuple(per_datapoint_sites(model, guide, args, kwargs, plate, (model_trace, guide_trace),
                                                           module=module, batch=batch))
+    if observed:
+        warnings.warn(f"the guide samples {list(observed)}, which the model observes: the model uses the observed "
+                      "values, so the guide's draws only add -log q to every weight (its entropy is trained up); "
+                      "sample them in the guide only where they are not given", stacklevel=3)
     unexpected = [n for n in prior_sites if not n.endswith("_unobserved") and n not in model_enumerated]
     if unexpected:
         warnings.warn(f"latent sites {unexpected} of the model have no match in the guide: they are drawn from "
@@ -211,6 +221,32 @@ def check_density(pair, program: Program, what: str = "log p(x)") -> None:
         raise ValueError(f"{what} needs a guide with a density, and {type(pair).__name__}'s guide puts a point mass "
                          f"(Delta) on {', '.join(map(str, sites))} for each datapoint: no log p(x) is estimated for it; "
                          "pvae.evaluate reports log p(x|z) at the point ('recon') instead")
+
+
+def check_per_datapoint(pair, program: Program, what: str = "log p(x)") -> None:
+    """Refuse, in one line, a per-datapoint estimate the program's guide cannot give: local latents
+    cut from one joint draw over every datapoint (AutoDiagonalNormal, AutoMultivariateNormal,
+    AutoLowRankMultivariateNormal), or guide draws of values the model observes."""
+    if program.joint_local:
+        raise ValueError(f"{what} is estimated per datapoint, and the guide draws {list(program.joint_local)} for "
+                         f"all datapoints at once from one joint latent {[n for n in program.auxiliary]}, which pvae "
+                         "would hold at its mean (a point value, not an estimate): use an autoguide with one latent "
+                         "per site (AutoNormal) or an amortized guide")
+    if program.observed_in_model:
+        raise ValueError(f"{what}: the guide samples {list(program.observed_in_model)}, which the model observes, so "
+                         "its draws would enter every importance weight: sample them in the guide only where they "
+                         "are not given (as Pyro's semi-supervised examples do)")
+
+
+def check_ais(program: Program) -> None:
+    """Refuse, in one line and before any work, AIS on a program it cannot move: HMC needs every
+    latent of the model in the guide and every latent continuous."""
+    if program.prior_sites:
+        raise ValueError(f"AIS needs every latent of the model in the guide; {list(program.prior_sites)} are not")
+    if program.discrete or program.model_enumerated:
+        name = (list(program.discrete) + list(program.model_enumerated))[0]
+        raise ValueError(f"AIS moves continuous latents with HMC, and site {name!r} of the program is discrete: use "
+                         "method='is' (importance sampling)")
 
 
 def go_sequential(program: Program, reason: str) -> None:

@@ -58,6 +58,9 @@ class Program:
     not_reparameterized: tuple = ()
     point_mass: tuple = ()  # local latents the guide puts a point mass (Delta) on: no density to weight with
     per_datapoint: tuple = ()  # sites or params with one parameter row per datapoint (pvae.infer.rows)
+    discrete: tuple = ()  # latents of the guide with a discrete support (no HMC for AIS)
+    joint_local: tuple = ()  # local latents an autoguide derives from one joint draw over all sites
+    observed_in_model: tuple = ()  # guide latents that the model observes
     notes: list = field(default_factory=list)
     checked: bool = False  # whether vectorization was tried (or the program is pvae's own)
 

@@ -24,7 +24,7 @@ from pvae.infer.inputs import arrange, own_model
 from pvae.infer.objectives import check_objective, configure
 from pvae.infer.objectives import objective as make_objective
 from pvae.infer.pair import as_pair
-from pvae.infer.program import analyse, check_density
+from pvae.infer.program import analyse, check_ais, check_density, check_per_datapoint
 from pvae.training.fit import fit
 from pvae.training.runs import RunLock, fresh, prepare
 from pvae.util.files import atomic_write, dumps, write_text
@@ -53,7 +53,7 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
-def check_all(build, train, specs, *, seed: int = 0, batch_size: int = 100, data_plate=None) -> None:
+def check_all(build, train, specs, *, seed: int = 0, batch_size: int = 100, data_plate=None, ais=None) -> None:
     """Every objective against a freshly built model, on the first batch, before any training:
     a spec that does not suit the model fails here with the check's one line, naming the spec."""
     torch.manual_seed(seed)
@@ -65,6 +65,9 @@ def check_all(build, train, specs, *, seed: int = 0, batch_size: int = 100, data
         program = analyse(pair.model, pair.guide, args, kwargs, data_plate=data_plate, module=pair,
                           trusted=own_model(pair), check_vectorize=False)
         check_density(pair, program, "compare ranks objectives by test log p(x), which")
+        check_per_datapoint(pair, program, "compare's test log p(x)")
+        if ais is not None:
+            check_ais(program)
         for spec in specs:
             elbo = make_objective(spec)
             configure(elbo, program)
@@ -125,7 +128,7 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
         check_positive_int("ais steps", ais.get("steps", 500), minimum=2)
         check_positive_int("ais chains", ais.get("chains", 16))
     build = model if callable(model) else (lambda: VAE(**model))
-    check_all(build, train, specs, seed=seed, batch_size=batch_size, data_plate=data_plate)
+    check_all(build, train, specs, seed=seed, batch_size=batch_size, data_plate=data_plate, ais=ais)
     run_dir = prepare(run_dir if run_dir is not None else fresh("compare"), overwrite=overwrite, kind="compare")
     with RunLock(run_dir):
         return _compare(build, train, test, specs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
