@@ -222,3 +222,33 @@ def test_guide_draws_of_values_the_model_observes_are_said_and_not_weighted():
         h = pvae.fit(model, (X, y), guide=guide, modules=[net], epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"the guide samples \['y'\], which the model observes"):
         pvae.log_likelihood(h.model, (X, y), k=5, progress=False)
+
+
+# -- 12. --model files that will not give a program ------------------------------------------------------------
+MODEL_FILES = {
+    "syntax.py": ("def broken(:\n    pass\n", "X", "has a syntax error at line 1"),
+    "missing.py": ("import notapackage_xyz_pvae\n", "X", "No module named 'notapackage_xyz_pvae' (install"),
+    "argv.py": ("import argparse\np = argparse.ArgumentParser()\np.add_argument('--foo', required=True)\n"
+                "p.parse_args()\n", "X", "ended the program (exit status 2: argv.py: error: the following arguments"),
+    "instance.py": ("import pvae\nMODEL = pvae.VAE(x_shape=(784,), latent_dim=2, hidden=(8,))\n", "MODEL",
+                    "VAE instance found; name its class"),
+    "number.py": ("NUMBER = 3\n", "NUMBER", "is of type int, not a class or function"),
+    "raising.py": ("class Raising:\n    def __init__(self):\n        raise RuntimeError('boom')\n", "Raising",
+                   "its constructor raised RuntimeError: boom"),
+    "needs_args.py": ("class Needs:\n    def __init__(self, size):\n        pass\n", "Needs",
+                      "building it with no arguments failed"),
+    "not_a_pair.py": ("import torch\nclass Plain(torch.nn.Linear):\n    def __init__(self):\n"
+                      "        super().__init__(2, 2)\n", "Plain", "built a Plain"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_FILES))
+def test_model_files_that_give_no_program_are_one_line_and_leave_nothing(name, tmp_path, capsys):
+    source, attr, message = MODEL_FILES[name]
+    (tmp_path / name).write_text(source)
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--model", f"{tmp_path / name}:{attr}", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pvae: error: --model") and len(err.strip().splitlines()) == 1, err
+    assert message in err, err
+    assert not run.exists()

@@ -12,6 +12,7 @@ Either way every sample site of a datapoint must sit inside ``pyro.plate("data",
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -69,37 +70,98 @@ def match_shape(x: torch.Tensor, pair, what: str = "data") -> torch.Tensor:
 def load_program(spec: str) -> nn.Module:
     """A model/guide pair of your own from ``"path/to/file.py:Name"`` or ``"package.module:Name"``:
     ``Name`` is an ``nn.Module`` class with ``.model``/``.guide`` (built with no arguments), or a
-    function returning such a module. The CLI's ``--model`` takes these."""
+    function returning such a module. The CLI's ``--model`` takes these. A file that cannot be
+    imported (a syntax error, a missing package, a script that parses ``sys.argv`` or exits when
+    imported) or a name that builds no pair is one line naming the file and the fix."""
     import importlib
-    import importlib.util
-    import sys
-    from pathlib import Path
 
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
         raise ValueError(f"--model {spec!r}: write FILE.py:NAME or module:NAME for a program of your own")
     if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_file():
-            raise FileNotFoundError(f"--model {spec!r}: no such file {path}")
-        mod_name = f"_pvae_program_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[mod_name] = module
-        sys.path.insert(0, str(path.resolve().parent))
-        try:
-            module_spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(path.resolve().parent))
+        module = _import_file(spec, Path(where))
     else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as e:
-            raise ValueError(f"--model {spec!r}: cannot import {where}: {e}") from None
+        module = _importing(spec, where, lambda: importlib.import_module(where))
     if not hasattr(module, name):
         raise ValueError(f"--model {spec!r}: {where} has no {name}")
-    obj = getattr(module, name)()
-    return as_pair(obj)
+    return _build_program(spec, getattr(module, name))
+
+
+def _import_file(spec: str, path: Path):
+    import importlib.util
+    import sys
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--model {spec!r}: no such file {path}")
+    mod_name = f"_pvae_program_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    sys.path.insert(0, str(path.resolve().parent))
+    argv, sys.argv = sys.argv, [str(path)]  # a file that reads its command line on import sees none of pvae's
+    try:
+        _importing(spec, path, lambda: module_spec.loader.exec_module(module))
+    except ValueError:
+        sys.modules.pop(mod_name, None)
+        raise
+    finally:
+        sys.argv = argv
+        sys.path.remove(str(path.resolve().parent))
+    return module
+
+
+def _importing(spec: str, where, run):
+    """``run()`` (an import), its failures as one line naming the file and what to do. What the
+    file writes to stderr is passed on, except where the import fails (its last line is then
+    part of the message)."""
+    import contextlib
+    import io
+    import sys
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            out = run()
+        sys.stderr.write(err.getvalue())
+        return out
+    except SystemExit as e:
+        said = err.getvalue().strip().splitlines()
+        raise ValueError(f"--model {spec!r}: importing {where} ended the program (exit status {e.code}"
+                         + (f": {said[-1][:160]}" if said else "") + "): the file runs a script when imported "
+                         "(parsing a command line?); put that part under if __name__ == \"__main__\":") from None
+    except SyntaxError as e:
+        raise ValueError(f"--model {spec!r}: {where} has a syntax error at line {e.lineno}: {e.msg}") from None
+    except ImportError as e:
+        raise ValueError(f"--model {spec!r}: importing {where} failed: {e} (install what it imports, or fix the "
+                         "import)") from None
+    except Exception as e:  # noqa: BLE001 - whatever the user's file raises while it is imported
+        raise ValueError(f"--model {spec!r}: importing {where} raised {type(e).__name__}: "
+                         f"{_first_line(e)}") from None
+
+
+def _build_program(spec: str, obj) -> nn.Module:
+    if isinstance(obj, nn.Module):
+        raise ValueError(f"--model {spec!r}: {type(obj).__name__} instance found; name its class (or a function "
+                         "that returns a fresh module), which pvae builds with no arguments")
+    if not callable(obj):
+        raise ValueError(f"--model {spec!r} is of type {type(obj).__name__}, not a class or function: name an nn.Module "
+                         "class with .model and .guide (or a function returning one)")
+    try:
+        built = obj()
+    except TypeError as e:
+        raise ValueError(f"--model {spec!r}: building it with no arguments failed ({_first_line(e)}): give every "
+                         "constructor argument a default, or name a function that returns the module") from None
+    except Exception as e:  # noqa: BLE001 - the user's constructor
+        raise ValueError(f"--model {spec!r}: its constructor raised {type(e).__name__}: {_first_line(e)}") from None
+    try:
+        return as_pair(built)
+    except TypeError as e:
+        raise ValueError(f"--model {spec!r} built a {type(built).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def program_fingerprint(spec: str) -> str | None:
