@@ -114,3 +114,19 @@ def test_the_api_refuses_to_resume_best_pt_in_place(tmp_path):
         pvae.fit(model, x, epochs=3, batch_size=32, run_dir=tmp_path / "r", resume=tmp_path / "r" / "best.pt",
                  overwrite=True, progress=False)
     assert snapshot(tmp_path / "r") == before
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/cmdline"), reason="reads /proc")
+def test_a_lock_naming_a_live_process_of_another_program_is_stale(tmp_path):
+    import subprocess
+
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen(["sleep", "60"])  # the lock's pid, reused by a program that is not pvae
+    try:
+        (run / ".pvae.lock").write_text(str(other.pid))
+        assert main(["train", *TINY, "--eval-k", "0", "--run-dir", str(run)]) == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert pvae.load_checkpoint(run)["epoch"] == 1

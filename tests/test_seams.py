@@ -252,3 +252,40 @@ def test_model_files_that_give_no_program_are_one_line_and_leave_nothing(name, t
     assert err.startswith("pvae: error: --model") and len(err.strip().splitlines()) == 1, err
     assert message in err, err
     assert not run.exists()
+
+
+# -- 12. the rest of the unclear answers ------------------------------------------------------------------------
+def test_no_standard_error_of_zero_from_one_datapoint_or_one_draw():
+    m = pvae.VAE(x_shape=(784,), latent_dim=2, hidden=(8,))
+    one = pvae.evaluate(m, X[:1], k=5, progress=False, khat=False)["summary"]
+    assert one["log_px_se"] != one["log_px_se"] and any("one datapoint" in n for n in one["notes"])  # NaN
+    draw = pvae.evaluate(m, X[:4], k=1, progress=False, khat=False)["summary"]
+    assert draw["log_px_mc_se"] != draw["log_px_mc_se"] and draw["log_px_se"] > 0
+    assert any("one draw" in n for n in draw["notes"])
+
+
+def test_sizes_beyond_memory_name_the_option_before_any_allocation():
+    m = pvae.VAE(x_shape=(784,), latent_dim=2, hidden=(8,))
+    with pytest.raises(MemoryError, match=r"out of memory: AIS with 1000000000 chains .* lower chains \(1000000000\)"):
+        pvae.log_likelihood(m, X[:2], method="ais", steps=2, chains=10 ** 9, progress=False)
+    with pytest.raises(MemoryError, match=r"lower chains \(1000000000\) or n \(2\)"):
+        pvae.bdmc(m, n=2, steps=2, chains=10 ** 9, progress=False)
+    with pytest.raises(MemoryError, match=r"lower prior_components \(10000000000\)"):
+        pvae.VAE(x_shape=(784,), latent_dim=2, hidden=(8,), prior="mog", prior_components=10 ** 10)
+
+
+def test_samplers_and_ais_on_the_wrong_data_or_a_diverged_model_are_one_line():
+    m = pvae.VAE(x_shape=(784,), latent_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match="10 components needs at least 10 codes .* have 5 datapoints"):
+        pvae.fit_sampler(m, X[:5], kind="gmm", components=10)
+    with pytest.raises(ValueError, match=r"datapoints have shape \(100,\), and VAE takes \(784,\)"):
+        pvae.fit_sampler(m, torch.rand(20, 100), kind="gmm", components=2)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(float("nan"))
+    for call in (lambda: pvae.log_likelihood(m, X[:2], method="ais", steps=2, chains=2, progress=False),
+                 lambda: pvae.bdmc(m, n=2, steps=2, chains=2, progress=False),
+                 lambda: pvae.fit_sampler(m, X, kind="gmm", components=2)):
+        with pytest.raises(FloatingPointError, match=r"invalid distribution parameter .* \(a diverged model\?\)") as e:
+            call()
+        assert "\n" not in str(e.value)

@@ -200,6 +200,10 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     if bad:
         notes = notes + [f"log p(x) is not finite for {bad} of {s['n']} datapoints: the model gives them "
                          "probability 0 (-inf) or NaN, and the means over datapoints are not finite"]
+    if not point and (s["n"] < 2 or k < 2):
+        notes = notes + [f"no standard error {'over datapoints (one datapoint)' if s['n'] < 2 else ''}"
+                         f"{' and ' if s['n'] < 2 and k < 2 else ''}{'of the sampler (one draw, k = 1)' if k < 2 else ''}"
+                         ": it is reported as null, not 0"]
     if point:
         for key in ("log_px", "log_px_se", "log_px_mc_se", "elbo", "kl", "ess"):
             s.pop(key, None)

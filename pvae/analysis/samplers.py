@@ -111,8 +111,19 @@ def fit_sampler(model, data, kind: str = "gmm", *, components: int = 10, iterati
             or hasattr(model, "codebook") or hasattr(model, "num_vars"):
         raise ValueError(f"an ex-post sampler needs a model with a continuous latent and encode/decode; "
                          f"{type(model).__name__} has none")
+    from pvae.infer.sites import diverged_said
+    from pvae.util.validate import check_size
+
+    components = check_size("components", components)
     x = as_tensors(data)[0]
-    z = encodings(model, x.reshape((x.shape[0],) + tuple(model.x_shape)), batch_size)
+    if x[:1].numel() != math.prod(model.x_shape):
+        raise ValueError(f"the data's datapoints have shape {tuple(x.shape[1:])}, and {type(model).__name__} takes "
+                         f"{tuple(model.x_shape)}: fit the sampler to data like the model's training data")
+    if x.shape[0] < max(components, 2):
+        raise ValueError(f"a Gaussian mixture of {components} components needs at least {max(components, 2)} codes to "
+                         f"fit, and the data have {x.shape[0]} datapoints: pass more data or fewer components")
+    with diverged_said():
+        z = encodings(model, x.reshape((x.shape[0],) + tuple(model.x_shape)), batch_size)
     if z.dim() != 2 or not torch.is_floating_point(z):
         raise ValueError(f"an ex-post sampler needs continuous codes of shape (n, D), got {tuple(z.shape)}")
     if not math.isfinite(float(z.abs().max())):

@@ -35,7 +35,7 @@ import torch
 from pyro import poutine
 from torch.distributions import biject_to
 
-from pvae.infer.sites import PARTICLES, Program, latent_sites
+from pvae.infer.sites import PARTICLES, Program, diverged_said, latent_sites
 from pvae.infer.traces import _per_datapoint, fix_globals, terms_from_traces
 from pvae.nn.nets import flush_denormals
 from pvae.util.progress import bar as progress_bar
@@ -286,12 +286,15 @@ def ais_log_likelihood(model, data, *, steps: int = 500, chains: int = 16, start
     ``chains`` chains and ``steps`` annealing steps of ``leapfrog``-step HMC per datapoint, in
     batches of ``batch_size`` datapoints. Global latents are held at their guide mean, as in
     importance sampling."""
-    from pvae.util.validate import check_positive_int
+    from pvae.util.validate import check_memory, check_positive_int
 
     check_positive_int("chains", chains)
     check_positive_int("leapfrog", leapfrog)
     betas = schedule(steps, schedule_kind)
     pair, device, inputs, program = _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size)
+    row = sum(t[:1].numel() for t in [inputs.x, *inputs.args, *inputs.kwargs.values()])
+    check_memory(32.0 * chains * min(batch_size, inputs.n) * row, f"AIS with {chains} chains on batches of "
+                 f"{min(batch_size, inputs.n)} datapoints", f"chains ({chains}) or batch_size ({batch_size})", device)
     was = pair.training
     pair.eval()
     out = []
@@ -302,9 +305,9 @@ def ais_log_likelihood(model, data, *, steps: int = 500, chains: int = 16, start
         for s in range(0, inputs.n, batch_size):
             args, kwargs = inputs.take(slice(s, s + batch_size), device=device)
             if fixed is None:
-                with poutine.block():
+                with poutine.block(), diverged_said():
                     fixed = fix_globals(pair.guide, program, *args, **kwargs)
-            with poutine.block(), flush_denormals():
+            with poutine.block(), flush_denormals(), diverged_said():
                 target = Target(pair, program, args, kwargs, chains, fixed)
                 log_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
             out.append((torch.logsumexp(log_w, 0) - math.log(chains)).cpu())

@@ -50,7 +50,8 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
     from pvae.infer.pair import as_pair
     from pvae.infer.program import check_ais, check_density, check_per_datapoint, program_of
     from pvae.util.tensors import device_of
-    from pvae.util.validate import check_positive_int
+    from pvae.infer.sites import diverged_said
+    from pvae.util.validate import check_memory, check_positive_int
 
     check_positive_int("n", n)
     check_positive_int("chains", chains)
@@ -77,12 +78,16 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
         if program.global_sites:
             raise ValueError("bdmc simulates from the model, and global latents would have to be simulated too: "
                              f"{list(program.global_sites)} are global")
-        x, latents = _simulate(pair, template, n, device)
+        row = sum(t[:1].numel() for t in [template.x, *template.args, *template.kwargs.values()])
+        check_memory(32.0 * chains * n * row, f"bdmc with {chains} chains on {n} datapoints",
+                     f"chains ({chains}) or n ({n})", device)
+        with diverged_said():
+            x, latents = _simulate(pair, template, n, device)
         sim = Inputs(x, [a[:n].to(device) for a in template.args],
                      {k: v[:n].to(device) for k, v in template.kwargs.items()}, template.x_key)
         args, kwargs = sim.take(slice(0, n))
         bar = progress_bar(total=2 * (len(betas) - 2), desc="BDMC", progress=progress)
-        with poutine.block(), flush_denormals():
+        with poutine.block(), flush_denormals(), diverged_said():
             target = Target(pair, program, args, kwargs, chains)
             lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
             exact = {name: target.transforms[name].inv(target.at_chains(latents[name], name)).detach()

@@ -30,7 +30,7 @@ from pvae.infer.inputs import Inputs, _eval_inputs, arrange
 from pvae.infer.pair import as_pair
 from pvae.infer.program import check_density, check_per_datapoint, log_weight_terms, program_of
 from pvae.infer.rows import refuse_minibatches
-from pvae.infer.sites import Program
+from pvae.infer.sites import Program, invalid_parameters
 from pvae.infer.traces import fix_globals
 from pvae.nn.nets import flush_denormals
 from pvae.util.cache import seen_before
@@ -201,12 +201,7 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     return ll
 
 
-def _invalid_parameters(e: ValueError) -> str:
-    """Pyro's distribution check (a multi-line dump) -> one line naming the parameter."""
-    first = str(e).splitlines()[0]
-    what = first.split(" of distribution")[0].replace("Expected parameter ", "")
-    return (f"the model or guide made an invalid distribution parameter ({what}): NaN or inf weights or outputs "
-            "(a diverged model?)")
+_invalid_parameters = invalid_parameters
 
 
 def _say_notes(pair) -> None:
@@ -223,9 +218,10 @@ _SAID: set = set()
 
 
 def standard_error(values: torch.Tensor) -> float:
-    """The standard error of the mean of per-datapoint values: sd / sqrt(n) (0 for one value)."""
+    """The standard error of the mean of per-datapoint values: sd / sqrt(n); NaN for one value
+    (one datapoint says nothing of the spread: never a standard error of 0)."""
     n = values.numel()
-    return float(values.double().std() / math.sqrt(n)) if n > 1 else 0.0
+    return float(values.double().std() / math.sqrt(n)) if n > 1 else float("nan")
 
 
 def mc_standard_error(log_weights: torch.Tensor) -> torch.Tensor:
@@ -233,6 +229,8 @@ def mc_standard_error(log_weights: torch.Tensor) -> torch.Tensor:
     log p(x) = log mean_i w_i from log-weights ``(k, n)``: with r_i = w_i / mean(w),
     se = sqrt(Var(r) / k), where Var(r) = k sum_i wn_i^2 - 1 for the normalized weights wn."""
     k = log_weights.shape[0]
+    if k < 2:  # one draw says nothing of the sampler's spread
+        return torch.full(log_weights.shape[1:], float("nan"), device=log_weights.device)
     wn = torch.softmax(log_weights.double(), 0)
     var = (k * (wn ** 2).sum(0) - 1.0).clamp_min(0.0) * k / max(k - 1, 1)
     return (var / k).sqrt().float()

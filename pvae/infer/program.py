@@ -45,6 +45,7 @@ from pvae.infer.sites import (
     ParticleShapeError,
     Program,
     checked_support,
+    diverged_said,
     find_data_plate,
     forked_rng,
     in_plate,
@@ -62,8 +63,9 @@ def program_of(pair, inputs: Inputs, data_plate: str | None = None, batch_size: 
     if cached is not None and data_plate in (None, cached.data_plate):
         return cached
     args, kwargs = inputs.head(batch_size)
-    program = analyse(pair.model, pair.guide, args, kwargs, data_plate=data_plate, module=pair,
-                      trusted=own_model(pair))
+    with diverged_said():  # a diverged model: one line, not Pyro's dump
+        program = analyse(pair.model, pair.guide, args, kwargs, data_plate=data_plate, module=pair,
+                          trusted=own_model(pair))
     pair._pvae_program = program
     return program
 

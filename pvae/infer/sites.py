@@ -4,6 +4,8 @@ they sit in, the plate over datapoints, and the `Program` record that the analys
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -79,6 +81,25 @@ class Program:
             out.append(f"per-datapoint parameters ({', '.join(self.per_datapoint)}): datapoint i is scored with "
                        "parameter row i, so the data must be the training data in their order")
         return out
+
+def invalid_parameters(e: ValueError) -> str:
+    """Pyro's distribution check (a multi-line dump) -> one line naming the parameter."""
+    first = str(e).splitlines()[0]
+    what = first.split(" of distribution")[0].replace("Expected parameter ", "")
+    return (f"the model or guide made an invalid distribution parameter ({what}): NaN or inf weights or outputs "
+            "(a diverged model?)")
+
+
+@contextlib.contextmanager
+def diverged_said():
+    """Pyro's multi-line dump for a NaN distribution parameter, as one ``FloatingPointError`` line."""
+    try:
+        yield
+    except ValueError as e:
+        if not str(e).startswith("Expected parameter"):
+            raise
+        raise FloatingPointError(invalid_parameters(e)) from None
+
 
 def is_point_mass(fn) -> bool:
     """Whether a site's distribution is a ``Delta`` (through ``Independent``, masks and scales)."""

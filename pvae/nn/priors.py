@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pvae.nn.guides import MIN_SCALE, standard_normal
-from pvae.util.validate import check_size
+from pvae.util.validate import check_memory, check_size
 
 
 class StandardPrior(nn.Module):
@@ -61,6 +61,8 @@ class MixturePrior(nn.Module):
     def __init__(self, latent_dim: int, components: int = 10):
         super().__init__()
         K = check_size("prior_components", components)
+        check_memory(4.0 * K * (2 * latent_dim + 1) * 4, f"a mixture prior of {K} components",  # weights, grads, Adam
+                     f"prior_components ({K})")
         self.logits = nn.Parameter(torch.zeros(K))
         self.loc = nn.Parameter(torch.randn(K, latent_dim))  # spread like N(0, I) at the start
         self.raw_scale = nn.Parameter(torch.full((K, latent_dim), math.log(math.e - 1)))  # softplus -> 1
@@ -77,6 +79,7 @@ class VampPrior(nn.Module):
     def __init__(self, latent_dim: int, x_shape, components: int = 100, unit_interval: bool = True):
         super().__init__()
         K = check_size("prior_components", components)
+        check_memory(4.0 * K * math.prod(x_shape) * 4, f"a VampPrior of {K} pseudo-inputs", f"prior_components ({K})")
         self.unit_interval = unit_interval
         self.raw = nn.Parameter(torch.randn((K,) + tuple(x_shape)) * 0.1)
 

@@ -192,10 +192,16 @@ def _owner(path: Path):
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process that can be a pvae writer: a process id reused by
+    another program (after a crash or a reboot left the lock behind) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").lower()
+    except OSError:
+        return True  # no /proc (not Linux) or not ours to read: assume it is a writer
+    return b"python" in command or b"pvae" in command

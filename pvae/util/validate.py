@@ -128,6 +128,26 @@ def check_hidden(hidden, allow_empty: bool = False) -> tuple:
     return tuple(int(h) for h in hidden)
 
 
+def free_memory(device=None) -> int | None:
+    """Bytes free for new tensors on ``device`` (the CPU's available memory, or the GPU's), or None."""
+    try:
+        if device is not None and torch.device(device).type == "cuda":
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        with open("/proc/meminfo") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("MemAvailable"))) * 1024
+    except (OSError, StopIteration, RuntimeError, ValueError):
+        return None
+
+
+def check_memory(nbytes: float, what: str, lower: str, device=None) -> None:
+    """A ``MemoryError`` in one line, before any allocation, where ``what`` would need more than is
+    free (an allocation that large may not fail cleanly: the system can kill the process instead)."""
+    free = free_memory(device)
+    if free is not None and nbytes > free:
+        raise MemoryError(f"out of memory: {what} needs about {nbytes / 2 ** 30:.1f} GiB and {free / 2 ** 30:.1f} GiB "
+                          f"are free; lower {lower}")
+
+
 def out_of_memory(e: BaseException) -> str | None:
     """One line for an allocation that failed: what was asked, what is free, which options to lower."""
     text = str(e)
