@@ -53,7 +53,7 @@ def test_ais_converges_to_the_exact_log_likelihood_from_a_poor_guide(lg):
     torch.manual_seed(1)
     is_ = pvae.log_likelihood(m, x, k=16, progress=False)
     torch.manual_seed(1)
-    ll = pvae.log_likelihood(m, x, method="ais", steps=200, chains=16, progress=False)
+    ll = pvae.log_likelihood(m, x, method="ais", steps=200, chains=16, leapfrog=10, progress=False)
     assert abs(float((ll - exact).mean())) < 0.05  # stated: 200 steps, 16 chains, 10 leapfrog steps
     assert float((ll - exact).abs().mean()) < 0.1
     assert float((is_ - exact).mean()) < -0.1  # IS with as many samples as chains falls short from this guide
@@ -128,6 +128,23 @@ def test_mc_standard_error_matches_the_spread_of_repeated_estimates(ppca):
     torch.testing.assert_close(se, reps.std(0), rtol=0.5, atol=0.01)
 
 
+def test_ais_standard_error_over_chains_matches_the_spread_of_repeated_runs(lg):
+    m, x = lg
+    with torch.no_grad():
+        m.log_sigma_q.fill_(math.log(2.5))  # a poor guide and a short schedule: AIS varies from run to run
+    x = x[:4]
+    torch.manual_seed(0)
+    kw = dict(method="ais", steps=6, chains=16, leapfrog=2, progress=False)
+    runs = [pvae.log_likelihood(m, x, with_se=True, **kw) for _ in range(60)]
+    ll, se = torch.stack([r[0] for r in runs]), torch.stack([r[1] for r in runs])
+    assert ll.shape == se.shape == (60, 4) and bool((se > 0).all())
+    torch.testing.assert_close(se.mean(0), ll.std(0), rtol=0.3, atol=0.01)  # measured within 0.25 of each other
+    one = pvae.log_likelihood(m, x, with_se=True, **dict(kw, chains=1))[1]
+    assert bool(one.isnan().all())  # one chain says nothing of the spread
+    ll_is, se_is = pvae.log_likelihood(m, x, k=50, with_se=True, progress=False)
+    assert se_is.shape == (4,) and bool((se_is > 0).all())
+
+
 def test_evaluate_reports_error_bars_and_reliability_flags(ppca):
     m, x = ppca
     m.set_guide(mean_shift=0.3)
@@ -151,6 +168,51 @@ def test_ais_beats_is_at_comparable_cost_on_a_small_trained_vae():
     assert float(ais_ll.mean()) >= float(is_ll.mean()) - 0.1
     r = bdmc(m, n=5, steps=100, chains=4, leapfrog=4, progress=False)
     assert 0 <= r["summary"]["gap"] < 3.0  # stated bound at 100 steps, 4 chains, 4 leapfrog steps
+
+
+def quadrature_log_px(m, x, half=6.0, points=301, fine=301):
+    """log p(x) of a 2-D latent pvae.VAE by quadrature: a grid over [-half, half]^2 finds each
+    datapoint's posterior, then a fine grid of +-10 posterior sd around it integrates p(x, z)."""
+    def log_joint(z, xb):  # z (N, 2), xb (B, D) -> (N, B)
+        out = []
+        for c in z.split(20000):
+            lik = m.likelihood(m.decoder_params(c.float()[:, None, :]))
+            out.append(lik.log_prob(xb.reshape((len(xb),) + tuple(m.x_shape))).double()
+                       - 0.5 * (c[:, None, :] ** 2).sum(-1) - math.log(2 * math.pi))
+        return torch.cat(out)
+
+    with torch.no_grad():
+        g = torch.linspace(-half, half, points, dtype=torch.float64)
+        z = torch.cartesian_prod(g, g)
+        w = torch.softmax(log_joint(z, x), 0)  # (N, B) posterior weights on the grid
+        mu, sd = w.T @ z, (w.T @ z ** 2 - (w.T @ z) ** 2).clamp_min(1e-10).sqrt()
+        out = []
+        for i in range(len(x)):
+            h = 10 * float(sd[i].max())
+            axes = [torch.linspace(float(mu[i, d]) - h, float(mu[i, d]) + h, fine, dtype=torch.float64) for d in (0, 1)]
+            cell = math.log(float(axes[0][1] - axes[0][0])) + math.log(float(axes[1][1] - axes[1][0]))
+            out.append(torch.logsumexp(log_joint(torch.cartesian_prod(*axes), x[i:i + 1])[:, 0], 0) + cell)
+        return torch.stack(out)
+
+
+def test_ais_at_its_defaults_reaches_the_exact_log_likelihood_of_a_2d_latent_vae():
+    train = pvae.load_dataset("sample", "train", binarize="static", n=2000)
+    test = pvae.load_dataset("sample", "test", binarize="static", n=8)
+    torch.manual_seed(0)
+    m = pvae.VAE(x_shape=(784,), latent_dim=2, hidden=(64,), activation="tanh")
+    pvae.fit(m, train, epochs=5, batch_size=100, lr=3e-3, progress=False)
+    m.eval()
+    exact = quadrature_log_px(m, test.x.reshape(8, 784))
+    torch.manual_seed(1)
+    is_err = pvae.log_likelihood(m, test, k=5000, progress=False).double() - exact
+    torch.manual_seed(1)
+    ll, se = pvae.log_likelihood(m, test, method="ais", with_se=True, progress=False)  # the defaults
+    err = ll.double() - exact
+    print(f"IS k=5000 error {float(is_err.mean()):.3f}, AIS error {float(err.mean()):.3f}, |AIS error| "
+          f"{float(err.abs().mean()):.3f}, max {float(err.abs().max()):.3f}, mean s.e. {float(se.mean()):.3f}")
+    assert float(err.abs().mean()) < 0.05  # the defaults' stated accuracy on small models
+    assert float(err.abs().max()) < 0.15
+    assert float(err.abs().mean()) < float(is_err.abs().mean())  # and better than IS with k=5000 here
 
 
 def test_ais_folds_chains_into_the_batch_for_nets_without_a_particle_dim(lg):

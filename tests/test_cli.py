@@ -183,6 +183,7 @@ def test_eval_with_ais_and_bdmc_from_the_command_line(tmp_path, capsys):
                  "--quiet"]) == 0
     results = json.loads((run / "eval-ais-k50-steps4-seed0" / "results.json").read_text())
     assert results["ais_steps"] == 4 and results["log_px_ais"] < 0 and results["log_px_ais_se"] > 0
+    assert results["log_px_ais_mc_se"] > 0  # the chains' own spread, two chains per datapoint
     assert abs(results["ais_minus_is"] - (results["log_px_ais"] - results["log_px"])) < 1e-3
     assert main(["bdmc", str(run), "--n", "4", "--steps", "2", "6", "--chains", "2", "--leapfrog", "2", "--quiet"]) == 0
     rows = json.loads((run / "bdmc.json").read_text())

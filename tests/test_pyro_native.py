@@ -187,3 +187,41 @@ def test_the_second_fit_of_a_pyro_module_program_still_compiles():
         warnings.simplefilter("error", UserWarning)  # 'the step stays eager: ... param store' would be one
         pvae.fit(PyroExampleVAE(x_dim=784, z_dim=4, hidden=16), x, epochs=1, batch_size=32, progress=False,
                  compile="step")
+
+
+def test_analysis_leaves_batchnorm_statistics_as_plain_svi_moves_them():
+    """pvae's analysis passes before training (tracing, checks, the untrained-leaf check) run the
+    nets in train mode; their buffers and the random state are put back, so after N steps the
+    running statistics and batch counts are those of N plain-SVI steps on the same batches."""
+    from programs import BatchNormVAE
+
+    n, steps = 16, 3
+    x = (torch.rand(n, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+
+    def build():
+        torch.manual_seed(1)
+        m = BatchNormVAE()
+        for net in (m.enc, m.dec):  # no bias before BatchNorm: its gradient is 0 and Adam would amplify noise
+            net[0].bias = None
+        return m
+
+    svi_model = build()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    svi = SVI(svi_model.model, svi_model.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    order = torch.Generator().manual_seed(3)  # the batches pvae.fit draws with seed=3, for plain SVI
+    for _ in range(steps):
+        svi.step(x[torch.randperm(n, generator=order)])
+    fit_model = build()
+    pvae.fit(fit_model, x, epochs=steps, batch_size=n, lr=1e-2, seed=3, progress=False, compile=False)
+    for (name, a), b in zip(svi_model.named_buffers(), fit_model.buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)  # num_batches_tracked: 3, not 8
+    for (name, a), b in zip(svi_model.named_parameters(), fit_model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    kept = {name: b.clone() for name, b in fit_model.named_buffers()}
+    fit_model.train()
+    pvae.evaluate(fit_model, x, k=4, progress=False)  # IS, active units and posterior means: nets in eval mode
+    pvae.log_likelihood(fit_model, x, method="ais", steps=3, chains=2, progress=False)
+    assert fit_model.training, "the user's training mode is given back"
+    for name, b in fit_model.named_buffers():
+        assert torch.equal(b, kept[name]), f"evaluation moved {name}"

@@ -47,28 +47,33 @@ def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int
     means: dict[str, list] = {}
     noise: dict[str, list] = {}
     coded: set = set()
-    with torch.no_grad():
-        for start in range(0, inputs.n, batch_size):
-            args, kwargs = inputs.take(slice(start, start + batch_size), device=device)
-            with poutine.block():
-                tr = poutine.trace(pair.guide).get_trace(*args, **kwargs)
-            for name, site in tr.nodes.items():
-                if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-                    continue
-                if not in_plate(site, program.data_plate):
-                    continue  # a global latent: not a per-datapoint code
-                support = site["fn"].support
-                if support.is_discrete or support is constraints.simplex or getattr(support, "base_constraint", None) \
-                        is constraints.simplex:
-                    coded.add(name)
-                try:
-                    m, var = site["fn"].mean, None
-                except NotImplementedError:  # no closed form (a flow): average draws
-                    draws = site["fn"].sample((num_samples,))
-                    m, var = draws.mean(0), draws.var(0) / num_samples
-                means.setdefault(name, []).append(m.reshape(m.shape[0], -1).cpu())
-                if var is not None:
-                    noise.setdefault(name, []).append(var.reshape(var.shape[0], -1).cpu())
+    was = pair.training
+    pair.eval()  # as every evaluation: BatchNorm on its running statistics (left as they are), no dropout
+    try:
+        with torch.no_grad():
+            for start in range(0, inputs.n, batch_size):
+                args, kwargs = inputs.take(slice(start, start + batch_size), device=device)
+                with poutine.block():
+                    tr = poutine.trace(pair.guide).get_trace(*args, **kwargs)
+                for name, site in tr.nodes.items():
+                    if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+                        continue
+                    if not in_plate(site, program.data_plate):
+                        continue  # a global latent: not a per-datapoint code
+                    support = site["fn"].support
+                    if support.is_discrete or support is constraints.simplex or getattr(support, "base_constraint", None) \
+                            is constraints.simplex:
+                        coded.add(name)
+                    try:
+                        m, var = site["fn"].mean, None
+                    except NotImplementedError:  # no closed form (a flow): average draws
+                        draws = site["fn"].sample((num_samples,))
+                        m, var = draws.mean(0), draws.var(0) / num_samples
+                    means.setdefault(name, []).append(m.reshape(m.shape[0], -1).cpu())
+                    if var is not None:
+                        noise.setdefault(name, []).append(var.reshape(var.shape[0], -1).cpu())
+    finally:
+        pair.train(was)
     return ({name: torch.cat(ms) for name, ms in means.items()},
             {name: torch.cat(v).mean(0) for name, v in noise.items()}, coded)
 

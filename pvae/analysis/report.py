@@ -116,9 +116,10 @@ def report(model, test, run_dir=None, k: int = 5000, history=None, progress=True
         from pvae.infer.importance import log_likelihood, standard_error
 
         t1 = time.perf_counter()
-        ll = log_likelihood(model, test, method="ais", progress=progress, labels=labels,
-                            data_plate=getattr(model, "_pvae_data_plate", None), **ais)
+        ll, mc_se = log_likelihood(model, test, method="ais", progress=progress, labels=labels,
+                                   data_plate=getattr(model, "_pvae_data_plate", None), with_se=True, **ais)
         s.update(log_px_ais=float(ll.mean()), log_px_ais_se=standard_error(ll),
+                 log_px_ais_mc_se=float(mc_se.double().pow(2).sum().sqrt() / ll.numel()),
                  ais_minus_is=float((ll - res["log_px"]).mean()), ais_seconds=time.perf_counter() - t1,
                  ais_steps=ais["steps"], ais_chains=ais["chains"])
     x = test.eval_x()
@@ -157,6 +158,7 @@ ROWS = [("accuracy", "test accuracy of q(y|x)"), ("log_px", "test log p(x) (nats
         ("log_px_se", "  standard error of that mean (over test datapoints)"),
         ("log_px_mc_se", "  of which Monte Carlo (the sampler's own)"),
         ("log_px_ais", "test log p(x) by AIS (nats)"), ("log_px_ais_se", "  standard error of that mean"),
+        ("log_px_ais_mc_se", "  of which Monte Carlo (over AIS chains)"),
         ("ais_minus_is", "  AIS minus IS, mean per datapoint"), ("ais_steps", "  AIS steps"),
         ("ais_chains", "  AIS chains"), ("ais_seconds", "  AIS seconds"), ("elbo", "test ELBO"),
         ("recon", "  reconstruction E_q[log p(x|z)]"), ("recon_mse", "reconstruction mean squared error"), ("kl", "  KL(q(z|x) || p(z))"),

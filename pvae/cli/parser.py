@@ -163,12 +163,12 @@ def _add_model_args(p):
 
 def _add_ais_args(p, many=False):
     if many:
-        p.add_argument("--steps", type=_integer(2), nargs="+", default=[10, 100, 500],
+        p.add_argument("--steps", type=_integer(2), nargs="+", default=[10, 100, 1800],
                        help="annealing steps (one run each)")
     else:
-        p.add_argument("--steps", type=_integer(2), default=500, help="AIS annealing steps")
+        p.add_argument("--steps", type=_integer(2), default=1800, help="AIS annealing steps")
     p.add_argument("--chains", type=POSITIVE, default=16, help="AIS chains per datapoint")
-    p.add_argument("--leapfrog", type=POSITIVE, default=10, help="leapfrog steps per HMC transition")
+    p.add_argument("--leapfrog", type=POSITIVE, default=2, help="leapfrog steps per HMC transition")
 
 
 def _add_program_args(p):

@@ -37,10 +37,13 @@ from torch.distributions import biject_to
 
 from pvae.infer.sites import PARTICLES, Program, diverged_said, latent_sites
 from pvae.infer.traces import _per_datapoint, fix_globals, terms_from_traces
+from pvae.infer.weights import mc_standard_error
 from pvae.nn.nets import flush_denormals
 from pvae.util.progress import bar as progress_bar
 
 TARGET_ACCEPT = 0.65
+STEPS, CHAINS, LEAPFROG = 1800, 16, 2  # the defaults: 16 x 1800 x (2 + 1) = 86,400 net passes per datapoint
+STEP_SIZE = 0.5  # HMC's first step, in units of the guide's spread (mass="guide"), then adapted per datapoint
 
 
 def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
@@ -153,6 +156,33 @@ class Target:
         event = len(self.template.nodes[name]["fn"].event_shape)
         return z.unsqueeze(value.dim() - event - self.num_dims).expand_as(value)
 
+    def over_chains(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """The mean over chains of a tensor shaped like site ``name``'s value, broadcast back to it."""
+        value = self.template.nodes[name]["value"]
+        if self.folded:  # chains are chain-major blocks of the data dim
+            dd = self.data_dim(name) - (value.dim() - t.dim())
+            split = t.reshape(t.shape[:dd] + (self.chains, self.batch) + t.shape[dd + 1:])
+            return split.mean(dd, keepdim=True).expand_as(split).reshape(t.shape)
+        cd = value.dim() - len(self.template.nodes[name]["fn"].event_shape) - self.num_dims
+        return t.mean(cd, keepdim=True).expand_as(t)
+
+    def spread(self, draws: int = 32) -> dict:
+        """Per datapoint and latent coordinate, the guide's standard deviation in unconstrained
+        space, from at least ``draws`` fresh guide draws (independent of the chains, so a kernel
+        scaled by it leaves AIS's weights exact): HMC's diagonal mass matrix is its inverse square."""
+        rounds = max(1, math.ceil(draws / self.chains))
+        u = [self.draw("guide") for _ in range(rounds)]
+        out = {}
+        for name, _ in self.sites:
+            m1 = sum(self.over_chains(d[name], name) for d in u) / rounds
+            m2 = sum(self.over_chains(d[name] ** 2, name) for d in u) / rounds
+            n = rounds * self.chains
+            sd = ((m2 - m1 ** 2).clamp_min(0.0) * n / max(n - 1, 1)).sqrt()
+            # a coordinate the guide holds (nearly) fixed keeps a thousandth of its datapoint's mean scale
+            mean = self.per_datapoint(sd, name) / self.per_datapoint(torch.ones_like(sd), name)
+            out[name] = torch.maximum(sd, 1e-3 * self.expand(mean, name).expand_as(sd)).clamp_min(1e-8)
+        return out
+
     def parts(self, u: dict):
         """``(log f_0 under both starts, log p(x, z), log |dz/du|)``: the guide's log q, the model's
         log p(z), the joint, the Jacobian, each (C, B)."""
@@ -186,9 +216,12 @@ class _Given:
         return self.t
 
 
-def hmc(u: dict, log_target, step: torch.Tensor, leapfrog: int, target: Target):
+def hmc(u: dict, log_target, step: torch.Tensor, leapfrog: int, target: Target, scale: dict | None = None):
     """One HMC transition for every (chain, datapoint) at once: ``log_target(u) -> (C, B)``,
-    ``step`` (C, B) step sizes. Returns the new u, its log target and the acceptance indicator."""
+    ``step`` (C, B) step sizes, ``scale`` (per site, shaped like u, or None for ones) the diagonal
+    mass matrix M = scale^-2 (momenta p ~ N(0, M), kinetic energy p^T M^-1 p / 2), so a step of 1
+    moves each coordinate by about its scale. Returns the new u, its log target and the acceptance
+    indicator."""
     def value_and_grad(v):
         v = {n: x.detach().requires_grad_(True) for n, x in v.items()}
         with torch.enable_grad():
@@ -196,17 +229,19 @@ def hmc(u: dict, log_target, step: torch.Tensor, leapfrog: int, target: Target):
             grads = torch.autograd.grad(lp.sum(), list(v.values()))
         return lp.detach(), dict(zip(v, (g.detach() for g in grads)))
 
+    s = scale if scale is not None else {n: torch.ones_like(x) for n, x in u.items()}
+
     def kinetic(p):
-        return sum(0.5 * target.per_datapoint(x ** 2, n) for n, x in p.items())
+        return sum(0.5 * target.per_datapoint((x * s[n]) ** 2, n) for n, x in p.items())
 
     lp0, g = value_and_grad(u)
     eps = {n: target.expand(step, n) for n in u}
-    p = {n: torch.randn_like(x) for n, x in u.items()}
+    p = {n: torch.randn_like(x) / s[n] for n, x in u.items()}
     h0 = -lp0 + kinetic(p)
     v = dict(u)
     p = {n: p[n] + 0.5 * eps[n] * g[n] for n in u}
     for i in range(leapfrog):
-        v = {n: v[n] + eps[n] * p[n] for n in u}
+        v = {n: v[n] + eps[n] * s[n] ** 2 * p[n] for n in u}
         lp, g = value_and_grad(v)
         if i < leapfrog - 1:
             p = {n: p[n] + eps[n] * g[n] for n in u}
@@ -219,11 +254,18 @@ def hmc(u: dict, log_target, step: torch.Tensor, leapfrog: int, target: Target):
     return new, torch.where(accept, lp, lp0), accept
 
 
-def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: int = 10, step_size: float = 0.05,
-        reverse_from: dict | None = None, bar=None) -> torch.Tensor:
+def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: int = 10, step_size: float = STEP_SIZE,
+        reverse_from: dict | None = None, bar=None, mass: str = "guide") -> torch.Tensor:
     """Per (chain, datapoint) AIS log-weights (C, B) along ``betas``: forward from f_0 (the
     module docstring), or, with ``reverse_from`` (unconstrained exact posterior draws), reverse
-    from beta = 1 to 0 (log-weights whose exp has expectation 1/p(x))."""
+    from beta = 1 to 0 (log-weights whose exp has expectation 1/p(x)). ``mass="guide"``: HMC's
+    diagonal mass matrix from the guide's spread per datapoint and coordinate (`Target.spread`),
+    so ``step_size`` is in units of that spread; ``"identity"``: unit masses, steps in the
+    unconstrained space's own units."""
+    if mass not in ("guide", "identity"):
+        raise ValueError(f"mass must be 'guide' or 'identity', got {mass!r}")
+    with torch.no_grad():
+        scale = target.spread() if mass == "guide" else None
     u = target.draw(start) if reverse_from is None else reverse_from
     C, B = target.chains, None
     log_w = None
@@ -255,7 +297,7 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
             base = q if start == "guide" else pz
             return base + b * (jnt - base) + ldj
 
-        u, _, accepted = hmc(u, log_target, step, leapfrog, target)
+        u, _, accepted = hmc(u, log_target, step, leapfrog, target, scale)
         rate = accepted.double().mean(0, keepdim=True)  # per datapoint, over chains
         step = (step * torch.where(rate > TARGET_ACCEPT, 1.02, 0.98).to(step.dtype)).clamp(1e-4, 10.0)
         if bar is not None:
@@ -279,13 +321,21 @@ def _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_s
     return pair, device, inputs, program
 
 
-def ais_log_likelihood(model, data, *, steps: int = 500, chains: int = 16, start: str = "guide", leapfrog: int = 10,
-                       step_size: float = 0.05, schedule_kind: str = "sigmoid", guide=None, modules=None,
-                       batch_size: int = 100, progress: bool = True, labels=None, data_plate=None) -> torch.Tensor:
+def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS, start: str = "guide",
+                       leapfrog: int = LEAPFROG,
+                       step_size: float = STEP_SIZE, schedule_kind: str = "sigmoid", guide=None, modules=None,
+                       batch_size: int = 100, progress: bool = True, labels=None, data_plate=None,
+                       with_se: bool = False, mass: str = "guide"):
     """AIS estimate of log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``):
     ``chains`` chains and ``steps`` annealing steps of ``leapfrog``-step HMC per datapoint, in
     batches of ``batch_size`` datapoints. Global latents are held at their guide mean, as in
-    importance sampling."""
+    importance sampling.
+
+    ``with_se=True`` returns ``(log_px, mc_se)``: next to each estimate its Monte Carlo standard
+    error over the chains (the delta method on the chains' weights, as
+    [`mc_standard_error`][pvae.infer.weights.mc_standard_error] does for importance weights;
+    NaN for one chain). It measures the estimate's spread from run to run, not the bias a short
+    schedule leaves (AIS stays a stochastic lower bound; `bdmc` bounds that bias)."""
     from pvae.util.validate import check_memory, check_positive_int
 
     check_positive_int("chains", chains)
@@ -297,7 +347,7 @@ def ais_log_likelihood(model, data, *, steps: int = 500, chains: int = 16, start
                  f"{min(batch_size, inputs.n)} datapoints", f"chains ({chains}) or batch_size ({batch_size})", device)
     was = pair.training
     pair.eval()
-    out = []
+    out, se = [], []
     bar = progress_bar(total=(len(betas) - 2) * math.ceil(inputs.n / batch_size), desc="AIS",
                        progress=progress)
     try:
@@ -309,9 +359,10 @@ def ais_log_likelihood(model, data, *, steps: int = 500, chains: int = 16, start
                     fixed = fix_globals(pair.guide, program, *args, **kwargs)
             with poutine.block(), flush_denormals(), diverged_said():
                 target = Target(pair, program, args, kwargs, chains, fixed)
-                log_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
+                log_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar, mass=mass)
             out.append((torch.logsumexp(log_w, 0) - math.log(chains)).cpu())
+            se.append(mc_standard_error(log_w).cpu())
     finally:
         bar.close()
         pair.train(was)
-    return torch.cat(out)
+    return (torch.cat(out), torch.cat(se)) if with_se else torch.cat(out)

@@ -11,7 +11,7 @@ import time
 import torch
 from pyro import poutine
 
-from pvae.infer.ais import Target, ais, schedule
+from pvae.infer.ais import CHAINS, LEAPFROG, STEP_SIZE, STEPS, Target, ais, schedule
 from pvae.infer.sites import latent_sites
 from pvae.nn.nets import flush_denormals
 from pvae.util.progress import bar as progress_bar
@@ -35,9 +35,9 @@ def _simulate(pair, inputs, n: int, device):
     return x.reshape(x0.shape).to(x0.dtype), latents
 
 
-def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, start: str = "guide",
-         leapfrog: int = 10, step_size: float = 0.05, schedule_kind: str = "sigmoid", guide=None, modules=None,
-         seed: int = 0, progress: bool = True, data_plate=None) -> dict:
+def bdmc(model, n: int = 100, steps: int = STEPS, *, chains: int = CHAINS, data=None, start: str = "guide",
+         leapfrog: int = LEAPFROG, step_size: float = STEP_SIZE, schedule_kind: str = "sigmoid", guide=None, modules=None,
+         seed: int = 0, progress: bool = True, data_plate=None, mass: str = "guide") -> dict:
     """Bidirectional Monte Carlo on ``n`` datapoints simulated from the model: forward AIS (a
     stochastic lower bound on log p(x)) and reverse AIS from the exact latents (a stochastic
     upper bound). Returns ``{"lower": (n,), "upper": (n,), "gap": (n,), "x": simulated data,
@@ -89,11 +89,11 @@ def bdmc(model, n: int = 100, steps: int = 500, *, chains: int = 16, data=None, 
         bar = progress_bar(total=2 * (len(betas) - 2), desc="BDMC", progress=progress)
         with poutine.block(), flush_denormals(), diverged_said():
             target = Target(pair, program, args, kwargs, chains)
-            lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar)
+            lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar, mass=mass)
             exact = {name: target.transforms[name].inv(target.at_chains(latents[name], name)).detach()
                      for name, _ in target.sites}
             upper_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, reverse_from=exact,
-                          bar=bar)
+                          mass=mass, bar=bar)
         bar.close()
     finally:
         pair.train(was)

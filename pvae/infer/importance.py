@@ -26,12 +26,14 @@ import weakref
 import torch
 from pyro import poutine
 
+from pvae.infer.ais import CHAINS as AIS_CHAINS, LEAPFROG as AIS_LEAPFROG, STEPS as AIS_STEPS
 from pvae.infer.inputs import Inputs, _eval_inputs, arrange
 from pvae.infer.pair import as_pair
 from pvae.infer.program import check_density, check_per_datapoint, log_weight_terms, program_of
 from pvae.infer.rows import refuse_minibatches
 from pvae.infer.sites import Program, invalid_parameters
 from pvae.infer.traces import fix_globals
+from pvae.infer.weights import ess, mc_standard_error, standard_error  # noqa: F401 (pvae's public names)
 from pvae.nn.nets import flush_denormals
 from pvae.util.cache import seen_before
 from pvae.util.progress import bar as progress_bar
@@ -158,8 +160,8 @@ def _compiled_terms(pair, program, fixed, compile, work: int):
 
 def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batch_size: int = 100,
                    device=None, progress: bool = True, labels=None, data_plate: str | None = None,
-                   method: str = "is", steps: int = 500, chains: int = 16, start: str = "guide",
-                   leapfrog: int = 10, compile: bool | None = None) -> torch.Tensor:
+                   method: str = "is", steps: int = AIS_STEPS, chains: int = AIS_CHAINS, start: str = "guide",
+                   leapfrog: int = AIS_LEAPFROG, compile: bool | None = None, with_se: bool = False):
     """Importance-sampled log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``).
 
     ``model`` is a pvae model or any module with ``.model``/``.guide`` (or a model function with
@@ -171,6 +173,9 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     ``method="ais"``: annealed importance sampling instead ([`pvae.infer.ais.ais_log_likelihood`][pvae.infer.ais.ais_log_likelihood]):
     ``chains`` chains per datapoint, ``steps`` annealing steps of ``leapfrog``-step HMC, starting
     from the guide (``start="guide"``) or the prior (``"prior"``); ``k`` is then unused.
+    ``with_se=True`` returns ``(log_px, mc_se)``, each estimate's Monte Carlo standard error over
+    its draws (IS: the k importance weights; AIS: the chains), by the delta method
+    ([`mc_standard_error`][pvae.infer.weights.mc_standard_error]).
 
     The log-weights stay on the evaluation device and are reduced there; only the per-datapoint
     estimates come back. ``compile``: trace and compile the evaluation pass once per chunk shape
@@ -182,23 +187,25 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
 
         return ais_log_likelihood(model, data, steps=steps, chains=chains, start=start, leapfrog=leapfrog,
                                   guide=guide, modules=modules, batch_size=batch_size, progress=progress,
-                                  labels=labels, data_plate=data_plate)
+                                  labels=labels, data_plate=data_plate, with_se=with_se)
     if method != "is":
         raise ValueError(f"method must be 'is' (importance sampling) or 'ais' (annealed), got {method!r}")
     k = check_positive_int("the number of importance samples k", k)
-    out = []
+    out, se = [], []
     pair = as_pair(model, guide, modules)
     for _, (lpx, lpz, lqz) in iter_log_weight_terms(pair, data, int(k), batch_size=batch_size, device=device,
                                                     progress=progress, labels=labels, data_plate=data_plate,
                                                     compile=compile, on_device=True):
         out.append((torch.logsumexp(lpx + lpz - lqz, 0) - math.log(k)).cpu())
+        if with_se:
+            se.append(mc_standard_error(lpx + lpz - lqz).cpu())
     _say_notes(pair)
     ll = torch.cat(out)
     nan = torch.isnan(ll)
     if bool(nan.any()):
         raise FloatingPointError(f"log p(x) is NaN for {int(nan.sum())} of {ll.numel()} datapoints (the first: "
                                  f"{int(nan.nonzero()[0, 0])}): the model or guide gives NaN log-densities there")
-    return ll
+    return (ll, torch.cat(se)) if with_se else ll
 
 
 _invalid_parameters = invalid_parameters
@@ -215,30 +222,6 @@ def _say_notes(pair) -> None:
 
 
 _SAID: set = set()
-
-
-def standard_error(values: torch.Tensor) -> float:
-    """The standard error of the mean of per-datapoint values: sd / sqrt(n); NaN for one value
-    (one datapoint says nothing of the spread: never a standard error of 0)."""
-    n = values.numel()
-    return float(values.double().std() / math.sqrt(n)) if n > 1 else float("nan")
-
-
-def mc_standard_error(log_weights: torch.Tensor) -> torch.Tensor:
-    r"""Per datapoint, the delta-method Monte Carlo standard error of the importance-sampled
-    log p(x) = log mean_i w_i from log-weights ``(k, n)``: with r_i = w_i / mean(w),
-    se = sqrt(Var(r) / k), where Var(r) = k sum_i wn_i^2 - 1 for the normalized weights wn."""
-    k = log_weights.shape[0]
-    if k < 2:  # one draw says nothing of the sampler's spread
-        return torch.full(log_weights.shape[1:], float("nan"), device=log_weights.device)
-    wn = torch.softmax(log_weights.double(), 0)
-    var = (k * (wn ** 2).sum(0) - 1.0).clamp_min(0.0) * k / max(k - 1, 1)
-    return (var / k).sqrt().float()
-
-
-def ess(log_weights: torch.Tensor) -> torch.Tensor:
-    """Importance-sampling effective sample size (sum w)^2 / sum w^2 along dim 0."""
-    return torch.exp(2 * torch.logsumexp(log_weights, 0) - torch.logsumexp(2 * log_weights, 0))
 
 
 @torch.no_grad()

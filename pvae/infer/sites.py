@@ -145,6 +145,22 @@ def forked_rng():
     return torch.random.fork_rng(devices=cuda)
 
 
+@contextlib.contextmanager
+def kept_state(module):
+    """pvae's looks at a program leave no trace: the module's buffers (BatchNorm running
+    statistics and batch counts, ...) and the random-number state are as they were on exit, so
+    training then moves them exactly as plain Pyro SVI would."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()] if isinstance(module, torch.nn.Module) else []
+    with forked_rng():
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, v in saved:
+                    if b.shape == v.shape:
+                        b.copy_(v)
+
+
 def plain_traces(model, guide, *args, **kwargs):
     """One run of guide and model, hidden from outer handlers, without gradients, and with the
     random-number state restored afterwards (so that looking does not change later draws)."""

@@ -40,7 +40,8 @@ def _slug(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in spec)
 
 
-AIS_COLUMNS = [("log_px_ais", "AIS log p(x)"), ("log_px_ais_se", "± s.e. (AIS)")]
+AIS_COLUMNS = [("log_px_ais", "AIS log p(x)"), ("log_px_ais_se", "± s.e. (AIS)"),
+               ("log_px_ais_mc_se", "of which chains")]
 
 
 def markdown_table(rows) -> str:
@@ -160,9 +161,11 @@ def _compare(build, train, test, specs, *, epochs, batch_size, lr, seed, device,
             from pvae.infer.importance import log_likelihood, standard_error
 
             torch.manual_seed(seed)
-            ll = log_likelihood(h.model, test, method="ais", progress=progress, data_plate=data_plate, **ais)
-            res["log_px_ais"] = ll
-            row.update(log_px_ais=float(ll.mean()), log_px_ais_se=standard_error(ll))
+            ll, mc_se = log_likelihood(h.model, test, method="ais", progress=progress, data_plate=data_plate,
+                                       with_se=True, **ais)
+            res["log_px_ais"], res["log_px_ais_mc_se"] = ll, mc_se
+            row.update(log_px_ais=float(ll.mean()), log_px_ais_se=standard_error(ll),
+                       log_px_ais_mc_se=float(mc_se.double().pow(2).sum().sqrt() / ll.numel()))
         rows.append(row)
         runs[spec] = {"history": h, "eval": res, "model": h.model}
         kept = {k: v for k, v in res.items() if k != "summary"}

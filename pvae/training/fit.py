@@ -31,6 +31,7 @@ from pvae.infer.objectives import objective as make_objective
 from pvae.infer.pair import as_pair
 from pvae.infer.program import analyse, store_params, untrained_leaves
 from pvae.infer.rows import refuse_minibatches
+from pvae.infer.sites import kept_state
 from pvae.nn.nets import accelerate, flush_denormals
 from pvae.training.checkpoint import (
     BEST,
@@ -226,7 +227,7 @@ def _fit(model, train, s: FitSettings, *, guide, modules, device, test, labels, 
     first = inputs.x[:s.batch_size]  # the first batch as training sees it (one fixed binarization)
     first_args, first_kwargs = inputs.take(slice(0, s.batch_size), x=binarize_x(first, "static")
                                            if binarize == "dynamic" else first)
-    with pyro.validation_enabled(s.validate):
+    with pyro.validation_enabled(s.validate), kept_state(pair):  # the user's buffers and RNG as they were
         program = analyse(pair.model, pair.guide, first_args, first_kwargs, data_plate=s.data_plate, module=pair,
                           trusted=own_model(pair))
         extra = store_params(pair, first_args, first_kwargs)
@@ -322,7 +323,8 @@ def _fit_epochs(run: Run, s: FitSettings) -> None:
     point_mass = getattr(pair, "point_mass", False)
     with pyro.validation_enabled(s.validate):
         configure(elbo, program)
-        check_objective(elbo, pair, program, run.first_args, run.first_kwargs)
+        with kept_state(pair):
+            check_objective(elbo, pair, program, run.first_args, run.first_kwargs)
         if ctx.active and extra:
             raise ValueError(f"data-parallel training keeps the module's parameters in sync, and this program also "
                              f"has {len(extra)} in Pyro's param store ({next(iter(extra))!r}, ...): hold them in the "
