@@ -29,7 +29,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--n-is", type=int, default=1000, help="test images for IS")
     ap.add_argument("--n-ais", type=int, default=200, help="test images for AIS (the first of the IS ones)")
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=1800)
+    ap.add_argument("--leapfrog", type=int, default=2)
     ap.add_argument("--chains", type=int, default=16)
     ap.add_argument("--n-bdmc", type=int, default=100)
     ap.add_argument("--smoke", action="store_true")
@@ -51,11 +52,13 @@ def main():
         ev = pvae.evaluate(m, x, k=5000, progress=False, units=False)
         is_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ais = pvae.log_likelihood(m, x[:args.n_ais], method="ais", steps=args.steps, chains=args.chains, progress=False)
+        ais = pvae.log_likelihood(m, x[:args.n_ais], method="ais", steps=args.steps, chains=args.chains,
+                                 leapfrog=args.leapfrog, progress=False)
         ais_s = time.perf_counter() - t0
         is_sub = ev["log_px"][:args.n_ais]
         t0 = time.perf_counter()
-        b = pvae.bdmc(m, n=args.n_bdmc, steps=args.steps, chains=args.chains, progress=False)
+        b = pvae.bdmc(m, n=args.n_bdmc, steps=args.steps, chains=args.chains, leapfrog=args.leapfrog,
+                      progress=False)
         bdmc_s = time.perf_counter() - t0
         from pvae.infer.importance import standard_error as se
         rows.append((spec, train_s, ev["summary"]["log_px"], ev["summary"]["log_px_se"], float(is_sub.mean()),
@@ -63,7 +66,7 @@ def main():
                      ev["summary"]["khat_gt_0_7"], b["summary"]["lower"], b["summary"]["upper"], b["summary"]["gap"],
                      is_s, ais_s, bdmc_s))
     print(f"{args.dataset}, {args.epochs} epochs; IS k=5000 on {len(x)} test images; AIS ({args.steps} steps, "
-          f"{args.chains} chains, 10 leapfrog steps) on the first {args.n_ais}; BDMC on {args.n_bdmc} simulated\n")
+          f"{args.chains} chains, {args.leapfrog} leapfrog steps) on the first {args.n_ais}; BDMC on {args.n_bdmc} simulated\n")
     print("| objective | train s | IS all | IS (AIS images) | AIS | AIS - IS | share k-hat > 0.7 | BDMC lower | "
           "BDMC upper | BDMC gap | IS s | AIS s | BDMC s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
