@@ -195,6 +195,7 @@ def quadrature_log_px(m, x, half=6.0, points=301, fine=301):
         return torch.stack(out)
 
 
+@pytest.mark.slow
 def test_ais_at_its_defaults_reaches_the_exact_log_likelihood_of_a_2d_latent_vae():
     train = pvae.load_dataset("sample", "train", binarize="static", n=2000)
     test = pvae.load_dataset("sample", "test", binarize="static", n=8)
