@@ -18,6 +18,7 @@ from pvae.infer.sites import Program
 from pvae.infer.program import log_weight_terms
 
 import programs as P
+from linear_gaussian import PPCA
 from test_bounds import FixDraws
 
 N = 24
@@ -138,6 +139,57 @@ def test_vectorized_and_sequential_particles_give_the_same_log_weights_on_the_sa
         b = [log_weight_terms(m.model, fixed(z[i]), x, num_particles=1, program=seq) for i in range(3)]
     for field in ("log_px_z", "log_pz", "log_qz"):
         torch.testing.assert_close(getattr(a, field), torch.cat([getattr(t, field) for t in b]))
+    folded = Program("data", 1, vectorize=False, foldable=True)  # particles into the batch: rows j * 6 + i
+    with torch.no_grad():
+        c = log_weight_terms(m.model, fixed(z.reshape(18, 4)), x, num_particles=3, program=folded, fold=True)
+    for field in ("log_px_z", "log_pz", "log_qz"):
+        torch.testing.assert_close(getattr(c, field), torch.cat([getattr(t, field) for t in b]))
+
+
+class FlatPPCA(PPCA):
+    """PPCA whose model flattens z as Pyro's examples/vae nets do: no particle dim."""
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], self.z_dim), 1.0).to_event(1))
+            mean = z.reshape(-1, self.z_dim) @ self.W.T + self.b
+            pyro.sample("x", dist.Normal(mean.reshape(x.shape), self.sigma).to_event(1), obs=x)
+
+
+class BatchSizedPPCA(FlatPPCA):
+    """Its likelihood's scale depends on the batch size: folding the particles would change it."""
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], self.z_dim), 1.0).to_event(1))
+            mean = z.reshape(-1, self.z_dim) @ self.W.T + self.b
+            pyro.sample("x", dist.Normal(mean.reshape(x.shape), self.sigma * x.shape[0] / 10).to_event(1), obs=x)
+
+
+def test_sequential_programs_fold_particles_into_the_batch_for_evaluation_where_that_is_exact():
+    m = FlatPPCA()
+    x = m.sample_x(10)
+    m.set_guide()  # the posterior's mean and marginal sds (its correlation left out): IS close to exact
+    with pytest.warns(UserWarning, match="do not take a leading particle dim"):
+        ll = pvae.log_likelihood(m, x, k=50, progress=False)
+    program = m._pvae_program
+    assert not program.vectorize and program.foldable
+    torch.testing.assert_close(ll, m.exact_log_px(x), atol=0.05, rtol=0)
+    m.set_guide(mean_shift=0.1, scale_factor=1.3)  # a poorer guide: folded and sequential agree within noise
+    torch.manual_seed(0)
+    folded = pvae.evaluate(m, x, k=400, progress=False, units=False)
+    assert any("folded into the batch" in n for n in folded["summary"]["notes"])
+    program.foldable = False  # force one trace per particle
+    torch.manual_seed(1)
+    seq = pvae.evaluate(m, x, k=400, progress=False, units=False)
+    assert any("sequentially" in n for n in seq["summary"]["notes"])
+    diff = (folded["log_px"] - seq["log_px"]).abs()
+    assert bool((diff < 4 * (folded["log_px_mc_se"] ** 2 + seq["log_px_mc_se"] ** 2).sqrt() + 1e-3).all())
+
+    odd = BatchSizedPPCA()
+    with pytest.warns(UserWarning, match="do not take a leading particle dim"):
+        pvae.log_likelihood(odd, x, k=5, progress=False)
+    assert odd._pvae_program.foldable is False  # the trial found different log-weights: one trace per particle
 
 
 def test_batchnorm_nets_and_a_plate_named_batch_draw_particles_one_trace_at_a_time():
@@ -153,7 +205,7 @@ def test_batchnorm_nets_and_a_plate_named_batch_draw_particles_one_trace_at_a_ti
     ev = pvae.evaluate(m, x, k=200, progress=False)
     assert ev["log_px"].shape == (N,)
     assert ev["summary"]["log_px"] >= ev["summary"]["elbo"]
-    assert any("sequentially" in n for n in ev["summary"]["notes"])
+    assert any("folded into the batch" in n for n in ev["summary"]["notes"])  # eval mode: rows independent
     with pytest.raises(ValueError, match="DReGIWAE needs nets that take a leading particle dim"):
         pvae.fit(m, x, objective="iwae-dreg:k=3", epochs=1, progress=False)
 

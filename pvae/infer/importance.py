@@ -29,7 +29,7 @@ from pyro import poutine
 from pvae.infer.ais import CHAINS as AIS_CHAINS, LEAPFROG as AIS_LEAPFROG, STEPS as AIS_STEPS
 from pvae.infer.inputs import Inputs, _eval_inputs, arrange
 from pvae.infer.pair import as_pair
-from pvae.infer.program import check_density, check_per_datapoint, log_weight_terms, program_of
+from pvae.infer.program import check_density, check_fold, check_per_datapoint, log_weight_terms, program_of
 from pvae.infer.rows import refuse_minibatches
 from pvae.infer.sites import Program, invalid_parameters
 from pvae.infer.traces import fix_globals
@@ -86,6 +86,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     check_per_datapoint(pair, program)
                     with poutine.block():
                         fixed = fix_globals(pair.guide, program, *args, **kwargs)
+                    check_fold(pair, program, args, kwargs, fixed)
                     compiled = _compiled_terms(pair, program, fixed, compile, n * k)
                 parts, c = [], 0
                 while c < k:
@@ -98,7 +99,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                             t = None if compiled is None else compiled(args, kwargs, min(chunk, k - c))
                             t = t if t is not None else log_weight_terms(
                                 pair.model, pair.guide, *args, num_particles=min(chunk, k - c), program=program,
-                                fixed=fixed, **kwargs)
+                                fixed=fixed, fold=True, **kwargs)
                     except torch.OutOfMemoryError:
                         if chunk == 1:
                             raise

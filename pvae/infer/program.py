@@ -54,7 +54,7 @@ from pvae.infer.sites import (
     latent_sites,
     plain_traces,
 )
-from pvae.infer.traces import single_traces, terms_from_traces, vectorized_traces
+from pvae.infer.traces import folded_traces, single_traces, terms_from_traces, vectorized_traces
 
 
 def program_of(pair, inputs: Inputs, data_plate: str | None = None, batch_size: int = 100) -> Program:
@@ -72,7 +72,7 @@ def program_of(pair, inputs: Inputs, data_plate: str | None = None, batch_size: 
 
 def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nesting: int | None = None,
                      data_plate: str | None = None, program: Program | None = None, fixed=None,
-                     complete: bool = True, **kwargs) -> LogWeightTerms:
+                     complete: bool = True, fold: bool = False, **kwargs) -> LogWeightTerms:
     """Draw ``num_particles`` z ~ q(z|x) and return per-datapoint log p(x|z), log p(z) and
     log q(z|x), each of shape ``(num_particles, batch)``.
 
@@ -82,7 +82,9 @@ def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nest
     guide's distributions allow it, so the result is differentiable. ``fixed``: a trace of
     global latents held at point values (see `fix_globals`). ``complete``: every datapoint
     of the batch must be scored (evaluation); False allows a program that subsamples its data
-    plate itself (training).
+    plate itself (training). ``fold``: particles of a program whose nets take no particle dim go
+    into the batch (every datapoint repeated k times, one trace) where `check_fold` found that
+    equal to one trace per particle; the caller puts the nets in eval mode (evaluation).
     """
     if program is None:
         program = analyse(model, guide, args, kwargs, data_plate=data_plate, check_vectorize=False)
@@ -90,6 +92,11 @@ def log_weight_terms(model, guide, *args, num_particles: int = 1, max_plate_nest
             program.nesting = max_plate_nesting
     skip = tuple(fixed.nodes) if fixed is not None else ()
     k, nesting = num_particles, program.nesting
+    if fold and not program.vectorize and program.foldable:
+        batch = next(a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)).shape[0]
+        t = terms_from_traces(*folded_traces(model, guide, *args, num_particles=k, fixed=fixed, **kwargs), 1,
+                              nesting, program.data_plate, skip, particle=False, complete=complete)
+        return LogWeightTerms(*(u.reshape(k, batch) for u in t[:3]), t.latent_scale, t.obs_scale)
     if program.vectorize:
         mt, gt = vectorized_traces(model, guide, *args, num_particles=k, max_plate_nesting=nesting, fixed=fixed,
                                    **kwargs)
@@ -131,6 +138,53 @@ def _same_one_at_a_time(model, guide, args, kwargs, program: Program, module=Non
     finally:
         if module is not None:
             module.train(was)
+
+
+def check_fold(pair, program: Program, args, kwargs, fixed=None) -> bool:
+    """Whether a sequential program's particles may be folded into the batch for evaluation
+    (``program.foldable``, found once): two folded particles (nets in eval mode) must give the
+    log-weights of each particle replayed alone. A program with one parameter row per datapoint,
+    a fixed batch size or anything else that breaks stays one trace per particle."""
+    if program.vectorize or program.foldable is not None:
+        return bool(program.foldable)
+    program.foldable = False
+    if program.per_datapoint:
+        return False
+    batch = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.dim()), None)
+    if batch is None:
+        return False
+    B, skip = batch.shape[0], tuple(fixed.nodes) if fixed is not None else ()
+    was = pair.training
+    pair.eval()
+    try:
+        with forked_rng(), poutine.block(), torch.no_grad():
+            mt, gt = folded_traces(pair.model, pair.guide, *args, num_particles=2, fixed=fixed, **kwargs)
+            folded = terms_from_traces(mt, gt, 1, program.nesting, program.data_plate, skip,
+                                       particle=False).log_weights.reshape(2, B)
+            for i in range(2):
+                one = poutine.Trace()
+                for name, site in latent_sites(gt):
+                    one.add_node(name, **dict(site, value=_rows(site, program, i, B)))
+                seq = terms_from_traces(*single_traces(pair.model, pair.guide, *args, fixed=one, **kwargs), 1,
+                                        program.nesting, program.data_plate, skip, particle=False).log_weights[0]
+                if seq.shape != folded[i].shape or not bool(((seq - folded[i]).abs() <= 1e-3 * (1 + seq.abs())).all()):
+                    return False
+    except Exception:  # the program cannot take a folded batch (a fixed batch size, ...): one trace per particle
+        return False
+    finally:
+        pair.train(was)
+    program.foldable = True
+    return True
+
+
+def _rows(site, program: Program, i: int, B: int) -> torch.Tensor:
+    """Particle i's rows of a folded site value (sites outside the data plate as they are)."""
+    value = site["value"]
+    frame = next((f for f in site["cond_indep_stack"] if f.name == program.data_plate), None)
+    if frame is None:
+        return value
+    dim = value.dim() - len(site["fn"].event_shape) + frame.dim
+    return value.narrow(dim, i * B, B) if 0 <= dim < value.dim() and value.shape[dim] == 2 * B else value
 
 
 def analyse(model, guide, args=(), kwargs=None, *, data_plate: str | None = None, module=None,

@@ -65,6 +65,7 @@ class Program:
     observed_in_model: tuple = ()  # guide latents that the model observes
     notes: list = field(default_factory=list)
     checked: bool = False  # whether vectorization was tried (or the program is pvae's own)
+    foldable: bool | None = None  # sequential particles may go into the batch in eval mode (None: not yet tried)
 
     def eval_notes(self) -> list:
         """What every evaluation result of this program should say about how it was computed."""
@@ -75,7 +76,10 @@ class Program:
                        "evaluation (log p(x | global point estimate))")
         if self.scaled_sites:
             out.append(f"training scales on {list(self.scaled_sites)} ignored for evaluation")
-        if not self.vectorize:
+        if not self.vectorize and self.foldable:
+            out.append("particles folded into the batch for evaluation (the program's nets take no particle dim; "
+                       "nets in eval mode, checked equal to one trace per particle)")
+        elif not self.vectorize:
             out.append("particles drawn sequentially (the program's nets take no particle dim)")
         if self.per_datapoint:
             out.append(f"per-datapoint parameters ({', '.join(self.per_datapoint)}): datapoint i is scored with "

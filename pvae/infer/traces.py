@@ -161,6 +161,21 @@ def single_traces(model, guide, *args, fixed=None, **kwargs):
     return model_trace, guide_trace
 
 
+def fold(a, k: int):
+    """A batch argument repeated k times along its rows, particle-major ([x; x; ...]); other
+    arguments as they are."""
+    return a.repeat((k,) + (1,) * (a.dim() - 1)) if isinstance(a, torch.Tensor) and a.dim() else a
+
+
+def folded_traces(model, guide, *args, num_particles: int, fixed=None, **kwargs):
+    """k particles of a program whose nets take no particle dim, *folded into the batch*: every
+    datapoint repeated k times (particle-major), one plain trace. With the nets in eval mode the
+    datapoints do not interact, so row j * B + i is particle j of datapoint i."""
+    k = num_particles
+    return single_traces(model, guide, *(fold(a, k) for a in args), fixed=fixed,
+                         **{n: fold(v, k) for n, v in kwargs.items()})
+
+
 def fix_globals(guide, program: Program, *args, **kwargs):
     """A trace holding each global latent of ``program`` at its guide mean (a draw average where
     the guide distribution has no closed-form mean), for `log_weight_terms`'s ``fixed``;
