@@ -20,6 +20,7 @@ import time
 import torch
 
 import pvae
+from pvae.infer.ais import ais_log_likelihood
 
 
 def quadrature_log_px(m, x, half=6.0, points=601, fine=801):
@@ -55,12 +56,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="AIS runs per setting (seeds 10, 11, ...)")
     ap.add_argument("--settings", nargs="+", default=["dict(steps=500, leapfrog=10, step_size=0.05, mass='identity')",
                                                       "dict()"],
-                    help="AIS keyword arguments per setting, as Python dict literals (dict() = the defaults)")
+                    help="keyword arguments of pvae.infer.ais.ais_log_likelihood per setting, as Python dict "
+                    "literals (dict() = the defaults)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.smoke:
         args.n_train, args.n_test, args.epochs, args.repeats = 500, 3, 1, 1
-        args.settings = ["dict(steps=20)"]
+        args.settings = ["dict(steps=20, step_size=0.05, mass='identity')"]
     train = pvae.load_dataset(args.dataset, "train", binarize="static", n=args.n_train)
     test = pvae.load_dataset(args.dataset, "test", binarize="static", n=args.n_test)
     torch.manual_seed(0)
@@ -77,7 +79,7 @@ def main():
         for rep in range(args.repeats):
             torch.manual_seed(10 + rep)
             t0 = time.perf_counter()
-            ll = pvae.log_likelihood(m, test, method="ais", progress=False, **kw).double()
+            ll = ais_log_likelihood(m, test, progress=False, **kw).double()
             rows.append((f"AIS {spec}", ll - exact, time.perf_counter() - t0))
     print(f"{args.dataset}, {len(train)} training images, {args.epochs} epochs; {len(test)} test images; "
           f"exact mean log p(x) {float(exact.mean()):.3f}\n")

@@ -96,6 +96,18 @@ def test_hmc_leaves_a_gaussian_target_invariant(lg):
         torch.testing.assert_close(torch.cov(z[:, b].T), S[b], atol=0.1 * sd ** 2, rtol=0.1)
 
 
+def test_ais_refuses_bad_step_sizes_and_mass_matrices_in_one_line(lg):
+    from pvae.infer.ais import ais_log_likelihood
+
+    m, x = lg
+    for kw, msg in [(dict(step_size=-1.0), "step_size must be > 0"), (dict(step_size=float("nan")), "finite"),
+                    (dict(mass="full"), "mass must be 'guide' or 'identity'")]:
+        with pytest.raises(ValueError, match=msg):
+            ais_log_likelihood(m, x[:2], steps=2, chains=2, progress=False, **kw)
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        bdmc(m, n=2, steps=2, chains=2, step_size=0.0, data=x[:2], progress=False)
+
+
 def test_ais_is_refused_for_discrete_latents_and_names_its_options():
     import pyro
     import pyro.distributions as dist

@@ -18,6 +18,7 @@ def cmd_compare(args):
     out = compare(model, training_data(args, train), test, args.objectives, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   seed=args.seed, device=args.device, eval_k=args.eval_k, run_dir=run_dir,
                   progress=not args.quiet, data_plate=args.data_plate, overwrite=args.overwrite,
-                  ais=dict(steps=args.ais_steps, chains=args.ais_chains) if args.ais_steps else None)
+                  ais=dict(steps=args.ais_steps, chains=args.ais_chains, leapfrog=args.ais_leapfrog)
+                  if args.ais_steps else None)
     print(out["table"])
     print(f"run folder: {run_dir}")

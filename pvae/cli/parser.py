@@ -323,6 +323,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-k", type=POSITIVE, default=5000, help="importance samples for test log p(x)")
     c.add_argument("--ais-steps", type=NATURAL, default=0, help="also AIS log p(x) with this many steps (0: none)")
     c.add_argument("--ais-chains", type=POSITIVE, default=16, help="AIS chains per datapoint")
+    c.add_argument("--ais-leapfrog", type=POSITIVE, default=2, help="AIS leapfrog steps per HMC transition")
     _add_run_args(c, "compare")
     _add_common(c)
     c.set_defaults(func=cmd_compare)

@@ -336,10 +336,11 @@ def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS,
     [`mc_standard_error`][pvae.infer.weights.mc_standard_error] does for importance weights;
     NaN for one chain). It measures the estimate's spread from run to run, not the bias a short
     schedule leaves (AIS stays a stochastic lower bound; `bdmc` bounds that bias)."""
-    from pvae.util.validate import check_memory, check_positive_int
+    from pvae.util.validate import check_memory, check_number, check_positive_int
 
     check_positive_int("chains", chains)
     check_positive_int("leapfrog", leapfrog)
+    check_number("step_size", step_size, low=0, open_low=True)
     betas = schedule(steps, schedule_kind)
     pair, device, inputs, program = _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size)
     row = sum(t[:1].numel() for t in [inputs.x, *inputs.args, *inputs.kwargs.values()])

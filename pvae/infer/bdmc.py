@@ -51,10 +51,11 @@ def bdmc(model, n: int = 100, steps: int = STEPS, *, chains: int = CHAINS, data=
     from pvae.infer.program import check_ais, check_density, check_per_datapoint, program_of
     from pvae.util.tensors import device_of
     from pvae.infer.sites import diverged_said
-    from pvae.util.validate import check_memory, check_positive_int
+    from pvae.util.validate import check_memory, check_number, check_positive_int
 
     check_positive_int("n", n)
     check_positive_int("chains", chains)
+    check_number("step_size", step_size, low=0, open_low=True)
     pair = as_pair(model, guide, modules)
     device = device_of(pair)
     betas = schedule(steps, schedule_kind)

@@ -1,6 +1,6 @@
 """What a set of log-weights says: the Monte Carlo standard error of log mean w, the effective
 sample size, and the standard error of a mean over datapoints. Shared by importance sampling
-([`pvae.infer.importance`][pvae.infer.importance]) and AIS ([`pvae.infer.ais`][pvae.infer.ais])."""
+(`pvae.infer.importance`) and AIS (`pvae.infer.ais`)."""
 
 from __future__ import annotations
 

@@ -26,8 +26,7 @@ import torch
 from pvae.data.datasets import binarize as binarize_x
 from pvae.infer.importance import mean_elbo
 from pvae.infer.inputs import arrange, own_model
-from pvae.infer.objectives import check_objective, configure
-from pvae.infer.objectives import objective as make_objective
+from pvae.infer.objectives import check_objective, configure, objective as make_objective
 from pvae.infer.pair import as_pair
 from pvae.infer.program import analyse, store_params, untrained_leaves
 from pvae.infer.rows import refuse_minibatches
