@@ -2,6 +2,8 @@
 model (probabilistic PCA) has an exact log p(x) and an exact posterior."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,9 @@ from pvae.infer.program import analyse
 
 from linear_gaussian import PPCA
 from programs import LinearGaussian
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+from ais_exact_2d import quadrature_log_px  # noqa: E402 (the example's quadrature, 2-D latent VAEs)
 
 
 @pytest.fixture
@@ -182,31 +187,6 @@ def test_ais_beats_is_at_comparable_cost_on_a_small_trained_vae():
     assert 0 <= r["summary"]["gap"] < 3.0  # stated bound at 100 steps, 4 chains, 4 leapfrog steps
 
 
-def quadrature_log_px(m, x, half=6.0, points=301, fine=301):
-    """log p(x) of a 2-D latent pvae.VAE by quadrature: a grid over [-half, half]^2 finds each
-    datapoint's posterior, then a fine grid of +-10 posterior sd around it integrates p(x, z)."""
-    def log_joint(z, xb):  # z (N, 2), xb (B, D) -> (N, B)
-        out = []
-        for c in z.split(20000):
-            lik = m.likelihood(m.decoder_params(c.float()[:, None, :]))
-            out.append(lik.log_prob(xb.reshape((len(xb),) + tuple(m.x_shape))).double()
-                       - 0.5 * (c[:, None, :] ** 2).sum(-1) - math.log(2 * math.pi))
-        return torch.cat(out)
-
-    with torch.no_grad():
-        g = torch.linspace(-half, half, points, dtype=torch.float64)
-        z = torch.cartesian_prod(g, g)
-        w = torch.softmax(log_joint(z, x), 0)  # (N, B) posterior weights on the grid
-        mu, sd = w.T @ z, (w.T @ z ** 2 - (w.T @ z) ** 2).clamp_min(1e-10).sqrt()
-        out = []
-        for i in range(len(x)):
-            h = 10 * float(sd[i].max())
-            axes = [torch.linspace(float(mu[i, d]) - h, float(mu[i, d]) + h, fine, dtype=torch.float64) for d in (0, 1)]
-            cell = math.log(float(axes[0][1] - axes[0][0])) + math.log(float(axes[1][1] - axes[1][0]))
-            out.append(torch.logsumexp(log_joint(torch.cartesian_prod(*axes), x[i:i + 1])[:, 0], 0) + cell)
-        return torch.stack(out)
-
-
 @pytest.mark.slow
 def test_ais_at_its_defaults_reaches_the_exact_log_likelihood_of_a_2d_latent_vae():
     train = pvae.load_dataset("sample", "train", binarize="static", n=2000)
@@ -215,7 +195,7 @@ def test_ais_at_its_defaults_reaches_the_exact_log_likelihood_of_a_2d_latent_vae
     m = pvae.VAE(x_shape=(784,), latent_dim=2, hidden=(64,), activation="tanh")
     pvae.fit(m, train, epochs=5, batch_size=100, lr=3e-3, progress=False)
     m.eval()
-    exact = quadrature_log_px(m, test.x.reshape(8, 784))
+    exact = quadrature_log_px(m, test.x.reshape(8, 784), points=301, fine=301)
     torch.manual_seed(1)
     is_err = pvae.log_likelihood(m, test, k=5000, progress=False).double() - exact
     torch.manual_seed(1)

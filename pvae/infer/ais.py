@@ -36,7 +36,7 @@ from pyro import poutine
 from torch.distributions import biject_to
 
 from pvae.infer.sites import PARTICLES, Program, diverged_said, latent_sites
-from pvae.infer.traces import _per_datapoint, fix_globals, terms_from_traces
+from pvae.infer.traces import _per_datapoint, fix_globals, fold, terms_from_traces
 from pvae.infer.weights import mc_standard_error
 from pvae.nn.nets import flush_denormals
 from pvae.util.progress import bar as progress_bar
@@ -75,10 +75,8 @@ class Target:
         self.pair, self.program, self.chains = pair, program, chains
         self.folded = not program.vectorize
         self.batch = next(a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)).shape[0]
-        if self.folded:
-            idx = torch.arange(self.batch).repeat(chains)
-            rep = lambda a: a[idx.to(a.device)] if isinstance(a, torch.Tensor) and a.dim() else a  # noqa: E731
-            args, kwargs = tuple(rep(a) for a in args), {k: rep(v) for k, v in kwargs.items()}
+        if self.folded:  # the same chain-major repetition as folded IS
+            args, kwargs = tuple(fold(a, chains) for a in args), {k: fold(v, chains) for k, v in kwargs.items()}
         self.args, self.kwargs = args, kwargs
         self.fixed, self.skip = fixed, tuple(fixed.nodes) if fixed is not None else ()
         self.num_dims = program.nesting + 1
