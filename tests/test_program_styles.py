@@ -1,15 +1,18 @@
 """Program styles beyond tests/programs.py (issue 27): a state-space model written with
 ``pyro.markov`` over time steps inside the data plate, whose log p(x) has a closed form (a
-Kalman-style Gaussian), and a VAE built from ``PyroModule`` nets that never calls
-``pyro.module``. Each trains as plain Pyro SVI does, step for step, and evaluates to the exact
+Kalman-style Gaussian), a VAE built from ``PyroModule`` nets that never calls
+``pyro.module``, and a mixture prior indexed with ``Vindex`` with ``pyro.deterministic`` sites in
+model and guide (exact log p(x) as a Gaussian mixture). Each trains as plain Pyro SVI does, step for step, and evaluates to the exact
 value where one exists."""
 
 import math
 
 import pyro
+import pytest
 import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
+from pyro.ops.indexing import Vindex
 from pyro.nn import PyroModule
 from torch import nn
 
@@ -116,3 +119,68 @@ def test_a_pyromodule_vae_trains_as_svi_and_its_log_likelihood_bounds_its_elbo()
     assert r["log_px"] > start + 1.0  # trained: log p(x) up by more than a nat per datapoint
     assert r["log_px"] >= r["elbo"]
     assert math.isfinite(r["log_px_se"])
+
+
+class MixtureLinearGaussian(nn.Module):
+    """A Gaussian mixture prior on z indexed with ``Vindex``, the decoded mean kept as a
+    ``pyro.deterministic`` site in the model and the guide's location in the guide:
+    c ~ Cat(pi), z | c ~ N(mu_c, I), x | z ~ N(W z, sigma^2 I), so
+    x ~ sum_c pi_c N(W mu_c, W W^T + sigma^2 I) (exact). q(c | x) = Cat(softmax(net(x))),
+    q(z | x, c) = N(A x + b_c, exp(s)^2) with b_c picked by Vindex over the particle dims."""
+
+    def __init__(self, x_dim=3, z_dim=2, C=3, sigma=0.5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.sigma = sigma
+        self.mu = torch.tensor([[-2.0, 0.0], [2.0, 0.5], [0.0, -2.5]])[:C, :z_dim]
+        self.W = torch.randn(x_dim, z_dim) * 0.8
+        self.pi = torch.tensor([0.5, 0.3, 0.2])[:C]
+        self.logits = nn.Linear(x_dim, C)
+        self.A = nn.Linear(x_dim, z_dim, bias=False)
+        self.b = nn.Parameter(self.mu.clone() * 0.5)
+        self.log_scale = nn.Parameter(torch.full((z_dim,), -0.5))
+
+    def model(self, x):
+        pyro.module("mixture_lg", self)
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(self.pi))
+            z = pyro.sample("z", dist.Normal(Vindex(self.mu)[..., c, :], 1.0).to_event(1))
+            mean = pyro.deterministic("x_mean", z @ self.W.T, event_dim=1)
+            pyro.sample("x", dist.Normal(mean, self.sigma).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("mixture_lg", self)
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(logits=self.logits(x)))
+            loc = pyro.deterministic("q_loc", self.A(x) + Vindex(self.b)[..., c, :], event_dim=1)
+            pyro.sample("z", dist.Normal(loc, self.log_scale.exp()).to_event(1))
+
+    def exact_log_px(self, x):
+        cov = (self.W @ self.W.T + self.sigma ** 2 * torch.eye(self.W.shape[0])).double()
+        comps = dist.MultivariateNormal((self.mu @ self.W.T).double(), covariance_matrix=cov)
+        return torch.logsumexp(comps.log_prob(x.double()[:, None, :]) + self.pi.double().log(), -1)
+
+    def sample_x(self, n, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        c = torch.multinomial(self.pi, n, replacement=True, generator=g)
+        z = self.mu[c] + torch.randn(n, self.mu.shape[1], generator=g)
+        return z @ self.W.T + self.sigma * torch.randn(n, self.W.shape[0], generator=g)
+
+
+def test_a_program_with_deterministic_sites_and_vindex_trains_as_svi_and_converges_to_its_exact_log_likelihood():
+    x = MixtureLinearGaussian().sample_x(N)
+    assert_same_as_svi(MixtureLinearGaussian, x, "elbo", Trace_ELBO(), moved=["module:A.weight", "module:b"])
+    pyro.clear_param_store()
+    m = MixtureLinearGaussian()
+    data, test = m.sample_x(400, seed=2), m.sample_x(20, seed=3)
+    exact = m.exact_log_px(test)
+    h = pvae.fit(m, data, epochs=20, batch_size=50, lr=3e-2, progress=False)
+    # the deterministic sites are neither latents nor guide-only sites; c is the discrete latent
+    assert h.program.discrete == ("c",) and h.program.guide_only == () and h.program.prior_sites == ()
+    torch.manual_seed(0)
+    r = pvae.evaluate(m, test, k=3000, progress=False, units=False)
+    ll = r["log_px"].double()
+    assert abs(float((ll - exact).mean())) < 0.03  # IS over a discrete and a continuous latent
+    assert r["summary"]["log_px"] >= r["summary"]["elbo"]
+    with pytest.raises(ValueError, match=r"AIS moves continuous latents with HMC, and site 'c' .* is discrete"):
+        pvae.log_likelihood(m, test, method="ais", progress=False)
