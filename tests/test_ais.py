@@ -231,3 +231,90 @@ def test_ais_folds_chains_into_the_batch_for_nets_without_a_particle_dim(lg):
         a = pvae.log_likelihood(bn, xb[:10], method="ais", steps=30, chains=4, progress=False)
         i = pvae.log_likelihood(bn, xb[:10], k=500, progress=False)
     assert abs(float(a.mean() - i.mean())) < 0.5  # both close to log p(x) for this small latent
+
+
+# -- the traced target (pvae.infer.ais_graph) ---------------------------------------------------------------
+def _small_vae():
+    torch.manual_seed(0)
+    m = pvae.VAE(x_shape=(12,), latent_dim=3, hidden=(8,))
+    x = (torch.rand(6, 12) < 0.4).float()
+    return m, x
+
+
+def test_one_evaluation_gives_the_tempered_target_and_its_gradient_at_every_beta():
+    from pvae.infer.ais_graph import TargetGraph, eager_terms, tempered
+
+    m, x = _small_vae()
+    program = analyse(m.model, m.guide, (x,), {})
+    target = Target(m, program, (x,), {}, chains=3)
+    u = target.draw("guide")
+    for start in ("guide", "prior"):
+        graph = TargetGraph(target, start, say=pytest.fail)
+        terms = graph(u)
+        assert graph.traced
+        for a, b in zip(terms, eager_terms(target, start, u)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        for beta in (0.0, 0.3, 1.0):  # by hand: log f_beta = f0 + beta (log p(x, z) - f0) + log |dz/du|
+            v = {"z": u["z"].clone().requires_grad_(True)}
+            q, pz, joint, ldj = target.parts(v)
+            f0 = q if start == "guide" else pz
+            want = f0 + beta * (joint - f0) + ldj
+            (grad,) = torch.autograd.grad(want.sum(), [v["z"]])
+            lp, g = tempered(terms, start, beta, ["z"])
+            torch.testing.assert_close(lp, want.detach(), rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(g["z"], grad, rtol=1e-5, atol=1e-4)
+
+
+def test_ais_through_the_traced_graph_equals_the_eager_one_on_the_same_draws():
+    from pvae.infer.ais import ais
+
+    m, x = _small_vae()
+    program = analyse(m.model, m.guide, (x,), {})
+    out = []
+    for compiled in (True, False):
+        target = Target(m, program, (x,), {}, chains=4)
+        torch.manual_seed(5)
+        out.append(ais(target, schedule(30), leapfrog=2, compiled=compiled))
+    torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-3)
+
+
+class DrawsInside(torch.nn.Module):
+    """A model that adds fresh noise to its decoder's input (a random op inside the target)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dec, self.enc = torch.nn.Linear(2, 6), torch.nn.Linear(6, 4)
+
+    def model(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("draws_inside", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            logits = self.dec(z + 1e-3 * torch.randn_like(z))
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("draws_inside", self)
+        loc, s = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, s.exp()).to_event(1))
+
+
+def test_a_target_that_draws_random_numbers_stays_eager_and_says_so():
+    from pvae.infer.ais_graph import TargetGraph
+
+    m = DrawsInside()
+    x = (torch.rand(4, 6) < 0.5).float()
+    program = analyse(m.model, m.guide, (x,), {})
+    target = Target(m, program, (x,), {}, chains=2)
+    said = []
+    graph = TargetGraph(target, "guide", say=said.append)
+    terms = graph(target.draw("guide"))
+    assert not graph.traced and len(said) == 1 and "draws random numbers inside it" in said[0]
+    assert all(torch.isfinite(t).all() for t in terms)

@@ -325,6 +325,54 @@ API_CASES = [
      "device 'banana' is not a torch device"),
     ("seed", lambda: pvae.fit(vae(), X, seed=-1, progress=False), ValueError, "seed must be an integer >= 0"),
     ("eval_k", lambda: pvae.fit(vae(), X, eval_k=0, progress=False), ValueError, "eval_k must be an integer >= 1"),
+    # evaluation and analysis (issue 27's sweep): each names the argument, none runs with a bad one
+    ("eval batch 0", lambda: pvae.log_likelihood(vae(), X, k=2, batch_size=0, progress=False), ValueError,
+     "batch_size must be an integer >= 1, got 0"),
+    ("eval device", lambda: pvae.evaluate(vae(), X, k=2, device="gpu9", progress=False), ValueError,
+     "device 'gpu9' is not a torch device"),
+    ("ais batch 0", lambda: pvae.log_likelihood(vae(), X, method="ais", steps=3, batch_size=0, progress=False),
+     ValueError, "batch_size must be an integer >= 1"),
+    ("with_se 'yes'", lambda: pvae.log_likelihood(vae(), X, k=2, with_se="yes", progress=False), TypeError,
+     "with_se must be True or False, got 'yes'"),
+    ("compile 'fast'", lambda: pvae.log_likelihood(vae(), X, k=2, compile="fast", progress=False), TypeError,
+     r"compile must be True or False \(or None\), got 'fast'"),
+    ("khat 'no'", lambda: pvae.evaluate(vae(), X, k=2, khat="no", progress=False), TypeError,
+     "khat must be True or False, got 'no'"),
+    ("bdmc seed", lambda: pvae.bdmc(vae(), n=2, steps=3, seed=-1, progress=False), ValueError,
+     "seed must be an integer >= 0, got -1"),
+    ("threshold", lambda: pvae.active_units(vae(), X, threshold=-1), ValueError, "threshold must be >= 0, got -1"),
+    ("num_samples", lambda: pvae.posterior_means(vae(), X, num_samples=0), ValueError,
+     "num_samples must be an integer >= 2, got 0"),
+    ("aggregate_kl n", lambda: pvae.aggregate_kl(vae(), X, n=0), ValueError, r"n \(datapoints\) must be an integer >= 2"),
+    ("auroc nan", lambda: pvae.auroc(torch.tensor([0.1, float("nan"), 0.3]), torch.tensor([0, 1, 0])), ValueError,
+     "scores hold 1 non-finite values .* the first at 1"),
+    ("inpaint mask shape", lambda: pvae.inpaint(vae(), X[:3], torch.ones(3, 5, dtype=torch.bool), k=5), ValueError,
+     r"observed must be a mask of x's shape \(3, 784\), got \(3, 5\)"),
+    ("inpaint mask values", lambda: pvae.inpaint(vae(), X[:3], torch.full((3, 784), 0.5), k=5), ValueError,
+     "observed must be a boolean mask"),
+    ("inpaint k", lambda: pvae.inpaint(vae(), X[:3], torch.ones(3, 784, dtype=torch.bool), k=0), ValueError,
+     "k must be an integer >= 1, got 0"),
+    ("mig bins", lambda: pvae.analysis.disentangle.mig_score(torch.rand(9, 2), torch.zeros(9, 1), bins=1), ValueError,
+     "bins must be an integer >= 2"),
+    ("psis shape", lambda: pvae.psis_khat(torch.zeros(2, 3, 4)), ValueError, r"log-weights of shape \(k, n\) or \(k,\)"),
+    ("Data y", lambda: pvae.Data(X, y=torch.zeros(3)), ValueError, "Data has 30 datapoints but 3 labels"),
+    ("Data binarize", lambda: pvae.Data(X, binarize="round"), ValueError, "unknown binarization 'round'"),
+    ("Data 1-d", lambda: pvae.Data(torch.rand(10)), ValueError, "Data's x must have a leading datapoint dim"),
+    ("Data list", lambda: pvae.Data([1, 2, 3]), TypeError, "Data's x must be a tensor or array"),
+    ("save to a folder", lambda: pvae.save_checkpoint(Path(__file__).parent, vae()), IsADirectoryError,
+     "is a folder: name the checkpoint file"),
+    ("save a non-module", lambda: pvae.save_checkpoint("never.pt", 42), TypeError,
+     "save_checkpoint saves a torch module"),
+    ("callback", lambda: pvae.fit(vae(), X, callbacks=[42], progress=False), TypeError,
+     r"callbacks\[0\] is a int, not a callable"),
+    ("scheduler value", lambda: pvae.fit(vae(), X, scheduler="step", scheduler_args={"gamma": "x"}, progress=False),
+     TypeError, "scheduler StepLR with step_size=3, gamma='x': can't multiply"),
+    ("compare none", lambda: pvae.compare(vae, X, X, objectives=(), progress=False), ValueError,
+     "compare needs at least one objective"),
+    ("compare twice", lambda: pvae.compare(vae, X, X, objectives=("elbo", "elbo"), progress=False), ValueError,
+     "name the same objective twice"),
+    ("compare ais option", lambda: pvae.compare(vae, X, X, ais={"stepz": 5}, progress=False), ValueError,
+     "unknown AIS option 'stepz'"),
 ]
 
 
@@ -341,6 +389,7 @@ CLI_CASES = [
     (["train", *TINY, "--objective", "iwae:k=5.5"], "k='5.5' is not an integer"),
     (["train", *TINY, "--objective", "iwae", "--k", "10000000000"], "out of memory: one tensor needed"),
     (["train", *TINY, "--resume", ""], "--resume must name a run folder or checkpoint"),
+    (["train", *TINY, "--scheduler", "step", "--scheduler-args", "gamma=x"], "scheduler StepLR with"),
 ]
 
 
@@ -571,3 +620,41 @@ def test_a_lock_file_still_being_written_is_not_taken_over(tmp_path):
                 pass
     finally:
         sleeper.kill()
+
+
+def test_a_misnamed_output_or_anomaly_class_is_refused_before_the_work(finished_run, tmp_path, capsys):
+    assert main(["apply", str(finished_run), "--task", "inpaint", "--k", "2", "--out", str(tmp_path / "x.txt")]) == 2
+    one_line_error(capsys, ".txt is not one matplotlib writes")
+    assert main(["sample", str(finished_run), "--n", "2", "--out", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "no suffix is not one matplotlib writes")
+    assert main(["apply", str(finished_run), "--task", "anomaly", "--anomaly-class", "42", "--k", "2"]) == 2
+    one_line_error(capsys, "--anomaly-class 42: the test data hold classes [")
+    assert not list(tmp_path.iterdir())
+
+
+def test_compare_takes_a_model_instance_and_leaves_it_untouched(tmp_path):
+    m = vae(x_shape=(16,))
+    x = (torch.rand(40, 16) < 0.3).float()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    out = pvae.compare(m, x, x[:10], objectives=("elbo", "iwae:k=2"), epochs=1, batch_size=20, eval_k=3,
+                       run_dir=tmp_path / "c", progress=False)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, before[k])  # each objective trained a copy
+    a, b = (out["runs"][s]["model"] for s in ("elbo", "iwae:k=2"))
+    assert a is not m and b is not m and a is not b
+    assert not torch.equal(a.state_dict()["decoder.net.0.weight"], before["decoder.net.0.weight"])
+
+
+def test_a_missing_optional_package_is_one_line(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("no tensorboard here")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    assert main(["train", *TINY, "--tensorboard", str(tmp_path / "tb"), "--run-dir", str(tmp_path / "r")]) == 2
+    one_line_error(capsys, "TensorBoard logging needs the tensorboard package: pip install tensorboard")

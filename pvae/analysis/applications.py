@@ -19,6 +19,7 @@ import torch
 
 from pvae.infer.importance import PARTICLES_PER_PASS, log_likelihood
 from pvae.util.tensors import device_of
+from pvae.util.validate import check_positive_int
 
 
 def anomaly_scores(model, data, k: int = 1000, **kwargs) -> torch.Tensor:
@@ -32,6 +33,10 @@ def auroc(scores, is_anomaly) -> float:
     if scores.shape != is_anomaly.shape or scores.dim() != 1:
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(is_anomaly.shape)} must be two equal 1-d shapes")
     pos, neg = scores[is_anomaly], scores[~is_anomaly]
+    if not bool(torch.isfinite(scores).all()):
+        bad = (~torch.isfinite(scores)).nonzero()[0, 0]
+        raise ValueError(f"scores hold {int((~torch.isfinite(scores)).sum())} non-finite values (NaN or inf), "
+                         f"the first at {int(bad)}: AUROC needs a finite score per datapoint")
     if pos.numel() == 0 or neg.numel() == 0:
         raise ValueError("AUROC needs at least one anomaly and one normal datapoint")
     # ranks with ties averaged: U = sum of the anomalies' ranks - n_pos (n_pos + 1) / 2
@@ -68,9 +73,23 @@ def inpaint(model, x, observed, k: int = 500, fill=None, proposal: str = "mixtur
     """
     if proposal not in ("guide", "prior", "mixture"):
         raise ValueError(f"unknown proposal {proposal!r}; choose 'guide', 'prior' or 'mixture'")
+    k = check_positive_int("k", k)
+    if not all(hasattr(model, a) for a in ("posterior", "prior", "decoder_params", "x_shape")):
+        raise TypeError(f"inpaint needs a pvae model with one latent site (such as pvae.VAE), got {type(model).__name__}")
+    x, observed = torch.as_tensor(x), torch.as_tensor(observed)
+    if tuple(observed.shape) != tuple(x.shape):
+        raise ValueError(f"observed must be a mask of x's shape {tuple(x.shape)}, got {tuple(observed.shape)}")
+    if observed.dtype != torch.bool:
+        if observed.is_complex() or not bool(((observed == 0) | (observed == 1)).all()):
+            raise ValueError("observed must be a boolean mask (True where a value is known), or 0/1 values")
+        observed = observed.bool()
+    if x.dim() < 1 or x[:1].numel() != math.prod(model.x_shape):
+        raise ValueError(f"x of shape {tuple(x.shape)} does not hold datapoints of the model's x_shape "
+                         f"{tuple(model.x_shape)}")
     device = device_of(model)
     shape = (x.shape[0],) + tuple(model.x_shape)
-    x, observed = x.reshape(shape).to(device), torch.as_tensor(observed).reshape(shape).to(device)
+    x, observed = x.reshape(shape).to(device), observed.reshape(shape).to(device)
+    x = x if x.is_floating_point() else x.to(torch.get_default_dtype())
     obs = observed.to(x.dtype)
     if fill is None:
         dims = tuple(range(1, x.dim()))

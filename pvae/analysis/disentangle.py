@@ -45,6 +45,8 @@ def mig_score(codes: torch.Tensor, factors: torch.Tensor, bins: int = 20, names=
     Returns ``{"mig", "per_factor": {name: gap}, "mi": (D, K) tensor, "entropy": (K,) tensor,
     "best": {name: latent dim}}``.
     """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2 (a code needs two bins to carry information), got {bins!r}")
     codes, factors = torch.as_tensor(codes).float(), torch.as_tensor(factors).long()
     if codes.dim() != 2 or factors.dim() != 2 or len(codes) != len(factors):
         raise ValueError(f"codes (n, D) and factors (n, K) must have the same n, got {tuple(codes.shape)} and "

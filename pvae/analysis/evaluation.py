@@ -25,15 +25,20 @@ from pvae.infer.inputs import _eval_inputs
 from pvae.infer.pair import as_pair
 from pvae.infer.program import program_of
 from pvae.infer.sites import in_plate
-from pvae.util.tensors import device_of
-from pvae.util.validate import check_positive_int
+from pvae.util.tensors import eval_device
+from pvae.util.validate import check_flag, check_number, check_positive_int
 
 
 def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
-    """PSIS Pareto k-hat per datapoint from log-weights of shape ``(k, n)`` (through arviz)."""
+    """PSIS Pareto k-hat per datapoint from log-weights of shape ``(k, n)`` (through arviz), or of
+    one datapoint from shape ``(k,)``. Too few weights for a tail fit (arviz needs about 25) give inf."""
     from pvae.analysis._arviz import psis_khat as _khat
 
-    return torch.as_tensor(_khat(log_weights.T.double().numpy()))
+    lw = torch.as_tensor(log_weights)
+    if lw.dim() not in (1, 2) or lw.shape[0] == 0:
+        raise ValueError(f"psis_khat takes log-weights of shape (k, n) or (k,), got {tuple(lw.shape)}")
+    out = torch.as_tensor(_khat(lw.reshape(lw.shape[0], -1).T.double().cpu().numpy()))
+    return out.reshape(lw.shape[1:])
 
 
 def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int = 500, num_samples: int = 1000,
@@ -41,7 +46,9 @@ def _posterior_moments(model, data, *, guide=None, modules=None, batch_size: int
     """``({site: E_q[z|x]}, {site: Monte Carlo noise variance of that mean, averaged over x},
     {names of sites on a simplex or a discrete set: codes, not coordinates})``."""
     pair = as_pair(model, guide, modules)
-    device = torch.device(device) if device is not None else device_of(pair)
+    batch_size = check_positive_int("batch_size", batch_size)
+    num_samples = check_positive_int("num_samples", num_samples, minimum=2)
+    device = eval_device(pair, device)
     inputs = _eval_inputs(data, pair)
     program = program_of(pair, inputs.to(device))
     means: dict[str, list] = {}
@@ -111,6 +118,7 @@ def active_units(model, data, threshold: float = 0.01, *, guide=None, modules=No
     units are defined for continuous latents: discrete and one-hot (simplex) sites are left out,
     and a model with no continuous latent gets ``"active": None``.
     """
+    check_number("threshold", threshold, low=0)
     means, noise, coded = _posterior_moments(model, data, guide=guide, modules=modules, batch_size=batch_size,
                                              num_samples=num_samples, device=device)
     variances = {name: m.var(0, unbiased=False) - noise.get(name, 0.0) for name, m in means.items()
@@ -124,13 +132,13 @@ def analysed(pair, data, labels=None, data_plate=None, batch_size: int = 100, de
     with the nets in eval mode, as evaluation runs them."""
     from pvae.infer.inputs import _eval_inputs
     from pvae.infer.program import program_of
-    from pvae.util.tensors import device_of
+    from pvae.util.tensors import eval_device
 
     inputs = _eval_inputs(data, pair, labels)
     was = pair.training
     pair.eval()
     try:
-        return program_of(pair, inputs.to(torch.device(device) if device is not None else device_of(pair)),
+        return program_of(pair, inputs.to(eval_device(pair, device)),
                           data_plate, batch_size)
     finally:
         pair.train(was)
@@ -158,6 +166,8 @@ def evaluate(model, data, k: int = 5000, *, guide=None, modules=None, batch_size
     every reduction but PSIS k-hat runs on the evaluation device.
     """
     k = check_positive_int("the number of importance samples k", k)
+    check_flag("khat", khat)
+    check_flag("units", units)
     pair = as_pair(model, guide, modules)
     point = point_mass_sites(pair, analysed(pair, data, labels, data_plate, batch_size, device))
     if point:  # no density to weight draws by: one draw gives log p(x|z) at the point, and no log p(x) is claimed

@@ -28,6 +28,10 @@ def cmd_apply(args):
             args.anomaly_class = getattr(args, "exclude_class", None)
         if args.anomaly_class is None or test.y is None:
             raise ValueError("--task anomaly needs --anomaly-class C and a labelled test set")
+        present = sorted(int(c) for c in test.y.unique())
+        if args.anomaly_class not in present or len(present) == 1:
+            raise ValueError(f"--anomaly-class {args.anomaly_class}: the test data hold classes {present}, and AUROC needs "
+                             "that class and at least one other among them")
         if getattr(model, "point_mass", False) or getattr(model, "needs_labels", False):
             raise ValueError(f"anomaly scores are -log p(x): {type(model).__name__} has no unconditional "
                              "log p(x) to estimate")

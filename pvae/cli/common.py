@@ -303,7 +303,18 @@ def output_path(out, default, also=()) -> Path:
     if there is not None:
         raise ValueError(f"--out {out}: {there} exists, and this command writes new files only (it never replaces a "
                          "run's file or yours): choose another name")
+    suffix = Path(out).suffix.lstrip(".").lower()
+    formats = _image_formats()
+    if suffix not in formats:
+        raise ValueError(f"--out {out}: the figure's format comes from its suffix, and "
+                         f"{'.' + suffix if suffix else 'no suffix'} is not one matplotlib writes; use .png, .pdf or .svg")
     return Path(out)
+
+
+def _image_formats() -> set:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return set(FigureCanvasBase.get_supported_filetypes())
 
 
 def compile_option(args):

@@ -41,11 +41,16 @@ def main(argv=None) -> int:
     warnings.showwarning = _warning_line
     try:
         if getattr(args, "device", None) is not None:
-            from pvae.training.fit import resolve_device
+            from pvae.util.tensors import resolve_device
 
             resolve_device(args.device)
         args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+        print(f"pvae: error: {_line(e)}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        if "pip install" not in str(e):  # an optional package pvae names (tensorboard): else a bug, shown whole
+            raise
         print(f"pvae: error: {_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -72,6 +72,29 @@ class Data(torch.utils.data.Dataset):
     factors: torch.Tensor | None = None
     factor_names: tuple | None = None
 
+    def __post_init__(self):
+        """One line for what cannot be a dataset, before any work: x with a datapoint dim, one
+        label (and one row of factors) per datapoint, a known binarization."""
+        if not isinstance(self.x, torch.Tensor):
+            if not isinstance(self.x, np.ndarray):
+                raise TypeError(f"Data's x must be a tensor or array of shape (n, *x_shape), got "
+                                f"{type(self.x).__name__}")
+            self.x = torch.as_tensor(self.x)
+        if self.x.dim() < 2:
+            raise ValueError(f"Data's x must have a leading datapoint dim and a shape per datapoint, got shape "
+                             f"{tuple(self.x.shape)} (one datapoint: x[None]; n scalars: x[:, None])")
+        if self.binarize not in BINARIZE:
+            raise ValueError(f"unknown binarization {self.binarize!r}; choose one of {list(BINARIZE)}")
+        for what in ("y", "factors"):
+            v = getattr(self, what)
+            if v is None:
+                continue
+            v = torch.as_tensor(v)
+            setattr(self, what, v)
+            if v.dim() == 0 or v.shape[0] != self.x.shape[0]:
+                raise ValueError(f"Data has {self.x.shape[0]} datapoints but {v.shape[0] if v.dim() else 0} "
+                                 f"{'labels' if what == 'y' else 'rows of factors'}")
+
     def __len__(self):
         return self.x.shape[0]
 

@@ -35,6 +35,7 @@ import torch
 from pyro import poutine
 from torch.distributions import biject_to
 
+from pvae.infer.ais_graph import TargetGraph, eager_terms, tempered
 from pvae.infer.sites import PARTICLES, Program, diverged_said, latent_sites
 from pvae.infer.traces import _per_datapoint, fix_globals, fold, terms_from_traces
 from pvae.infer.weights import mc_standard_error
@@ -214,25 +215,28 @@ class _Given:
         return self.t
 
 
-def hmc(u: dict, log_target, step: torch.Tensor, leapfrog: int, target: Target, scale: dict | None = None):
+def hmc(u: dict, log_target, step: torch.Tensor, leapfrog: int, target: Target, scale: dict | None = None, *,
+        value_and_grad=None, current=None):
     """One HMC transition for every (chain, datapoint) at once: ``log_target(u) -> (C, B)``,
     ``step`` (C, B) step sizes, ``scale`` (per site, shaped like u, or None for ones) the diagonal
     mass matrix M = scale^-2 (momenta p ~ N(0, M), kinetic energy p^T M^-1 p / 2), so a step of 1
     moves each coordinate by about its scale. Returns the new u, its log target and the acceptance
-    indicator."""
-    def value_and_grad(v):
-        v = {n: x.detach().requires_grad_(True) for n, x in v.items()}
-        with torch.enable_grad():
-            lp = log_target(v)
-            grads = torch.autograd.grad(lp.sum(), list(v.values()))
-        return lp.detach(), dict(zip(v, (g.detach() for g in grads)))
+    indicator. ``value_and_grad(u) -> (log target, {site: gradient})`` may stand in for
+    ``log_target`` (AIS's traced graph), and ``current`` be that pair at ``u``, already known."""
+    if value_and_grad is None:
+        def value_and_grad(v):
+            v = {n: x.detach().requires_grad_(True) for n, x in v.items()}
+            with torch.enable_grad():
+                lp = log_target(v)
+                grads = torch.autograd.grad(lp.sum(), list(v.values()))
+            return lp.detach(), dict(zip(v, (g.detach() for g in grads)))
 
     s = scale if scale is not None else {n: torch.ones_like(x) for n, x in u.items()}
 
     def kinetic(p):
         return sum(0.5 * target.per_datapoint((x * s[n]) ** 2, n) for n, x in p.items())
 
-    lp0, g = value_and_grad(u)
+    lp0, g = current if current is not None else value_and_grad(u)
     eps = {n: target.expand(step, n) for n in u}
     p = {n: torch.randn_like(x) / s[n] for n, x in u.items()}
     h0 = -lp0 + kinetic(p)
@@ -252,14 +256,24 @@ def hmc(u: dict, log_target, step: torch.Tensor, leapfrog: int, target: Target, 
     return new, torch.where(accept, lp, lp0), accept
 
 
+def _chosen(accepted: torch.Tensor, proposed: tuple, current: tuple, target: Target, names: list) -> tuple:
+    """The terms after an HMC transition: the proposal's where it was accepted, else the old ones."""
+    k = len(names)
+    per_site = names + names
+    return tuple(torch.where(accepted, a, b) for a, b in zip(proposed[:4], current[:4])) + tuple(
+        torch.where(target.expand(accepted, n), a, b) for n, a, b in zip(per_site, proposed[4:4 + 2 * k],
+                                                                          current[4:4 + 2 * k]))
+
+
 def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: int = 10, step_size: float = STEP_SIZE,
-        reverse_from: dict | None = None, bar=None, mass: str = "guide") -> torch.Tensor:
+        reverse_from: dict | None = None, bar=None, mass: str = "guide", compiled: bool = True) -> torch.Tensor:
     """Per (chain, datapoint) AIS log-weights (C, B) along ``betas``: forward from f_0 (the
     module docstring), or, with ``reverse_from`` (unconstrained exact posterior draws), reverse
     from beta = 1 to 0 (log-weights whose exp has expectation 1/p(x)). ``mass="guide"``: HMC's
     diagonal mass matrix from the guide's spread per datapoint and coordinate (`Target.spread`),
     so ``step_size`` is in units of that spread; ``"identity"``: unit masses, steps in the
-    unconstrained space's own units."""
+    unconstrained space's own units. ``compiled``: evaluate the target through one traced graph
+    per batch ([`pvae.infer.ais_graph.TargetGraph`][pvae.infer.ais_graph.TargetGraph]; eager where the program will not trace)."""
     if mass not in ("guide", "identity"):
         raise ValueError(f"mass must be 'guide' or 'identity', got {mass!r}")
     with torch.no_grad():
@@ -268,15 +282,16 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
     C, B = target.chains, None
     log_w = None
     step = None
-
-    def log_f0(parts):
-        return parts[0] if start == "guide" else parts[1]
+    terms = TargetGraph(target, start) if compiled else (lambda v: eager_terms(target, start, v))
+    names = [n for n, _ in target.sites]
+    cur = None  # the terms at u: each evaluation serves every temperature (pvae.infer.ais_graph.tempered)
 
     seq = list(range(1, len(betas))) if reverse_from is None else list(range(len(betas) - 1, 0, -1))
     for i, t in enumerate(seq):
-        with torch.no_grad():
-            parts = target.parts(u)
-        f0, joint = log_f0(parts), parts[2]
+        if cur is None:
+            cur = terms(u)
+        q, pz, joint = cur[:3]
+        f0 = q if start == "guide" else pz
         if log_w is None:
             B = f0.shape[1]
             log_w = torch.zeros_like(f0)
@@ -289,13 +304,15 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
             beta_next = float(betas[t - 1])
         if i == len(seq) - 1:
             break  # the last transition would not change the weights
+        last = []
 
-        def log_target(v, b=beta_next):
-            q, pz, jnt, ldj = target.parts(v)
-            base = q if start == "guide" else pz
-            return base + b * (jnt - base) + ldj
+        def value_and_grad(v, b=beta_next):
+            last[:] = [terms(v)]
+            return tempered(last[0], start, b, names)
 
-        u, _, accepted = hmc(u, log_target, step, leapfrog, target, scale)
+        u, _, accepted = hmc(u, None, step, leapfrog, target, scale, value_and_grad=value_and_grad,
+                             current=tempered(cur, start, beta_next, names))
+        cur = _chosen(accepted, last[0], cur, target, names)
         rate = accepted.double().mean(0, keepdim=True)  # per datapoint, over chains
         step = (step * torch.where(rate > TARGET_ACCEPT, 1.02, 0.98).to(step.dtype)).clamp(1e-4, 10.0)
         if bar is not None:
@@ -303,14 +320,14 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
     return log_w
 
 
-def _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size):
+def _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size, device=None):
     from pvae.infer.inputs import _eval_inputs
     from pvae.infer.pair import as_pair
     from pvae.infer.program import check_ais, check_density, check_per_datapoint, program_of
-    from pvae.util.tensors import device_of
+    from pvae.util.tensors import eval_device
 
     pair = as_pair(model, guide, modules)
-    device = device_of(pair)
+    device = eval_device(pair, device)
     inputs = _eval_inputs(data, pair, labels)
     program = program_of(pair, inputs.to(device), data_plate, batch_size)
     check_density(pair, program, "AIS's log p(x)")
@@ -323,7 +340,7 @@ def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS,
                        leapfrog: int = LEAPFROG,
                        step_size: float = STEP_SIZE, schedule_kind: str = "sigmoid", guide=None, modules=None,
                        batch_size: int = 100, progress: bool = True, labels=None, data_plate=None,
-                       with_se: bool = False, mass: str = "guide"):
+                       with_se: bool = False, mass: str = "guide", device=None):
     """AIS estimate of log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``):
     ``chains`` chains and ``steps`` annealing steps of ``leapfrog``-step HMC per datapoint, in
     batches of ``batch_size`` datapoints. Global latents are held at their guide mean, as in
@@ -333,14 +350,18 @@ def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS,
     error over the chains (the delta method on the chains' weights, as
     [`mc_standard_error`][pvae.infer.weights.mc_standard_error] does for importance weights;
     NaN for one chain). It measures the estimate's spread from run to run, not the bias a short
-    schedule leaves (AIS stays a stochastic lower bound; `bdmc` bounds that bias)."""
-    from pvae.util.validate import check_memory, check_number, check_positive_int
+    schedule leaves (AIS stays a stochastic lower bound; `bdmc` bounds that bias). ``device``: where
+    it runs, which must hold the model's parameters (None: where they are)."""
+    from pvae.util.validate import check_flag, check_memory, check_number, check_positive_int
 
     check_positive_int("chains", chains)
     check_positive_int("leapfrog", leapfrog)
+    batch_size = check_positive_int("batch_size", batch_size)
     check_number("step_size", step_size, low=0, open_low=True)
+    check_flag("with_se", with_se)
     betas = schedule(steps, schedule_kind)
-    pair, device, inputs, program = _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size)
+    pair, device, inputs, program = _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size,
+                                                        device)
     row = sum(t[:1].numel() for t in [inputs.x, *inputs.args, *inputs.kwargs.values()])
     check_memory(32.0 * chains * min(batch_size, inputs.n) * row, f"AIS with {chains} chains on batches of "
                  f"{min(batch_size, inputs.n)} datapoints", f"chains ({chains}) or batch_size ({batch_size})", device)

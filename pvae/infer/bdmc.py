@@ -55,6 +55,7 @@ def bdmc(model, n: int = 100, steps: int = STEPS, *, chains: int = CHAINS, data=
 
     check_positive_int("n", n)
     check_positive_int("chains", chains)
+    check_positive_int("seed", seed, minimum=0)
     check_number("step_size", step_size, low=0, open_low=True)
     pair = as_pair(model, guide, modules)
     device = device_of(pair)

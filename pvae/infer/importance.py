@@ -37,8 +37,8 @@ from pvae.infer.weights import ess, mc_standard_error, standard_error  # noqa: F
 from pvae.nn.nets import flush_denormals
 from pvae.util.cache import seen_before
 from pvae.util.progress import bar as progress_bar
-from pvae.util.tensors import device_of
-from pvae.util.validate import check_positive_int
+from pvae.util.tensors import eval_device
+from pvae.util.validate import check_flag, check_positive_int
 
 #: particles x datapoints drawn in one pass of the nets (bounds evaluation memory)
 PARTICLES_PER_PASS = 20_000
@@ -65,7 +65,9 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     sequential particles stay eager. A guide with a point mass on a local latent is refused
     (`pvae.infer.program.check_density`) unless ``point_mass_ok`` (evaluation's log p(x|z))."""
     pair = as_pair(model, guide, modules)
-    device = torch.device(device) if device is not None else device_of(pair)
+    batch_size = check_positive_int("batch_size", batch_size)
+    check_flag("compile", compile, allow_none=True)
+    device = eval_device(pair, device)
     inputs = _eval_inputs(data, pair, labels)
     n = inputs.n
     chunk = max(1, min(k, PARTICLES_PER_PASS // max(1, min(batch_size, n))))
@@ -183,12 +185,13 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     (None: from `COMPILE_FROM` particles x datapoints on, fewer where this machine compiled the model's
     pass before; the graphs are kept for later calls).
     """
+    check_flag("with_se", with_se)
     if method == "ais":
         from pvae.infer.ais import ais_log_likelihood
 
         return ais_log_likelihood(model, data, steps=steps, chains=chains, start=start, leapfrog=leapfrog,
                                   guide=guide, modules=modules, batch_size=batch_size, progress=progress,
-                                  labels=labels, data_plate=data_plate, with_se=with_se)
+                                  labels=labels, data_plate=data_plate, with_se=with_se, device=device)
     if method != "is":
         raise ValueError(f"method must be 'is' (importance sampling) or 'ais' (annealed), got {method!r}")
     k = check_positive_int("the number of importance samples k", k)

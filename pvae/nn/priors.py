@@ -157,7 +157,10 @@ def aggregate_kl(model, data, n: int = 1000, batch_size: int = 250, seed: int = 
     N datapoints: compare models on the same data and N.
     """
     from pvae.data.datasets import as_tensors
+    from pvae.util.validate import check_positive_int
 
+    n = check_positive_int("n (datapoints)", n, minimum=2)
+    batch_size = check_positive_int("batch_size", batch_size)
     x = as_tensors(data)[0][:n].to(model._zero.device)
     x = x.reshape((x.shape[0],) + tuple(model.x_shape))
     if not hasattr(model, "posterior"):

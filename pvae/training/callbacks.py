@@ -10,6 +10,19 @@ from __future__ import annotations
 import math
 
 
+def checked(callbacks) -> tuple:
+    """The callbacks as a tuple, each callable (a bad one is named before any training)."""
+    if callable(callbacks):
+        callbacks = (callbacks,)
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a list of callables cb(record, history), got {type(callbacks).__name__}")
+    callbacks = tuple(callbacks)
+    for i, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}, not a callable cb(record, history)")
+    return callbacks
+
+
 class TensorBoard:
     """Log every numeric field of each epoch's record as a scalar ``pvae/FIELD`` at that epoch,
     through ``torch.utils.tensorboard`` (which needs ``pip install tensorboard``)::

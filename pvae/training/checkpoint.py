@@ -26,6 +26,10 @@ def save_checkpoint(path, module, *, optimizer=None, epoch: int = 0, history=Non
                     fit_config=None, pyro_params=None, scheduler=None) -> Path:
     """Write ``module`` (and the training state) to ``path`` atomically; ``pyro_params`` are the
     program's parameters in Pyro's param store (unconstrained values, by store name)."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"save_checkpoint saves a torch module (the model), got {type(module).__name__}")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a folder: name the checkpoint file, such as {Path(path) / 'checkpoint.pt'}")
     config = getattr(module, "config", None)
     state = {
         "format_version": FORMAT_VERSION,

@@ -11,6 +11,7 @@ of k-hat > 0.7; the figures overlay learning curves, log p(x) per objective, and
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import time
@@ -103,8 +104,10 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
     """Train ``model`` under each objective with identical seeds, data and budget; evaluate each.
 
     Args:
-        model: a config dict for [`pvae.VAE`][pvae.VAE] (e.g. ``{"latent_dim": 50}``), or a function
-            returning a fresh model (called after seeding, so every run starts from the same weights).
+        model: a config dict for [`pvae.VAE`][pvae.VAE] (e.g. ``{"latent_dim": 50}``), a function
+            returning a fresh model (called after seeding, so every run starts from the same weights),
+            or a model instance (each objective trains a copy of it as it is now; the instance itself
+            is left untouched).
         objectives: names or specs (see [`pvae.objective`][pvae.objective]); every one is checked against the
             model before any is trained.
         data_plate: the plate over datapoints of a program of your own (None: found by tracing).
@@ -121,20 +124,53 @@ def compare(model, train, test, objectives=("elbo", "iwae:k=5"), *, epochs: int 
     """
     from pvae.models import VAE
 
-    specs = list(objectives)
+    specs = [objectives] if isinstance(objectives, str) else list(objectives)
+    if not specs:
+        raise ValueError("compare needs at least one objective, e.g. objectives=('elbo', 'iwae:k=5')")
     for spec in specs:  # fail before any training on a bad spec
         make_objective(spec)
+    if len({_slug(s) for s in specs}) < len(specs):
+        raise ValueError(f"objectives {specs} name the same objective twice: each gets one run")
     check_positive_int("eval_k", eval_k)
     if ais is not None:
-        check_positive_int("ais steps", ais.get("steps", 500), minimum=2)
-        check_positive_int("ais chains", ais.get("chains", 16))
-    build = model if callable(model) else (lambda: VAE(**model))
+        _check_ais_options(ais)
+    build = _builder(model, VAE)
     check_all(build, train, specs, seed=seed, batch_size=batch_size, data_plate=data_plate, ais=ais)
     run_dir = prepare(run_dir if run_dir is not None else fresh("compare"), overwrite=overwrite, kind="compare")
     with RunLock(run_dir):
         return _compare(build, train, test, specs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         device=device, eval_k=eval_k, run_dir=run_dir, progress=progress, data_plate=data_plate,
                         ais=ais)
+
+
+def _builder(model, VAE):
+    """A function returning a fresh model: the user's function, a VAE from a config dict, or a
+    copy of a model instance as it is now (so every objective starts from the same weights)."""
+    if isinstance(model, torch.nn.Module):
+        template = copy.deepcopy(model)
+        return lambda: copy.deepcopy(template)
+    if isinstance(model, dict):
+        return lambda: VAE(**model)
+    if callable(model):
+        return model
+    raise TypeError(f"compare's model must be a model, a function returning a fresh one, or a VAE config dict; "
+                    f"got {type(model).__name__}")
+
+
+AIS_OPTIONS = ("steps", "chains", "leapfrog", "start", "batch_size")
+
+
+def _check_ais_options(ais) -> None:
+    if not isinstance(ais, dict):
+        raise TypeError(f"ais must be a dict of AIS options such as {{'steps': 1800}}, got {type(ais).__name__}")
+    unknown = sorted(set(ais) - set(AIS_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown AIS option {unknown[0]!r}; choose from {list(AIS_OPTIONS)}")
+    if "steps" in ais:
+        check_positive_int("ais steps", ais["steps"], minimum=2)
+    for key in ("chains", "leapfrog", "batch_size"):
+        if key in ais:
+            check_positive_int(f"ais {key}", ais[key])
 
 
 def _compare(build, train, test, specs, *, epochs, batch_size, lr, seed, device, eval_k, run_dir, progress,

@@ -32,6 +32,7 @@ from pvae.infer.program import analyse, store_params, untrained_leaves
 from pvae.infer.rows import refuse_minibatches
 from pvae.infer.sites import kept_state
 from pvae.nn.nets import accelerate, flush_denormals
+from pvae.training.callbacks import checked
 from pvae.training.checkpoint import (
     BEST,
     CHECKPOINT,
@@ -61,17 +62,8 @@ from pvae.training.store import run_param_store
 from pvae.util.files import dumps, write_text
 from pvae.util.progress import bar as progress_bar
 from pvae.util.progress import say
+from pvae.util.tensors import resolve_device
 from pvae.util.validate import out_of_memory
-
-
-def resolve_device(device) -> torch.device:
-    try:
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
-    return device
 
 
 def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1, alpha: float = 0.5,
@@ -158,7 +150,7 @@ def fit(model, train, objective="elbo", *, guide=None, modules=None, k: int = 1,
         with run_param_store():  # stale pyro.module entries of other modules never meet this run
             return _fit(model, train, s, guide=guide, modules=modules, device=device, test=test, labels=labels,
                         run_dir=run_dir, resume=resume, distributed=distributed, overwrite=overwrite,
-                        callbacks=callbacks)
+                        callbacks=checked(callbacks))
     except (RuntimeError, MemoryError) as e:
         what = out_of_memory(e)
         if what is None:
@@ -252,7 +244,7 @@ def _fit(model, train, s: FitSettings, *, guide, modules, device, test, labels, 
               optimizer=optimizer, inputs=inputs, test_inputs=test_inputs, val_inputs=val_inputs,
               schedule=make_scheduler(s.scheduler, s.scheduler_args, optimizer, s.epochs), binarize=binarize,
               first_args=first_args, first_kwargs=first_kwargs, shuffle=shuffle, fit_config=fit_config,
-              resume=resume, callbacks=tuple(callbacks))
+              resume=resume, callbacks=callbacks)
     if resume is not None:
         _resume(run, s, resume)
     if run_dir is not None and ctx.main:

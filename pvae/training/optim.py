@@ -18,6 +18,7 @@ with ``scheduler_args``.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 
@@ -79,8 +80,12 @@ def make_optimizer(optimizer, optimizer_args, params, lr: float) -> torch.optim.
             pass
     try:
         return cls(params, **args)
-    except TypeError as e:
-        raise TypeError(f"optimizer {cls.__name__}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"optimizer {cls.__name__} with {_shown(args)}: {e}") from None
+
+
+def _shown(args: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 
 def check_scheduler(scheduler, scheduler_args) -> None:
@@ -111,10 +116,17 @@ def make_scheduler(scheduler, scheduler_args, optimizer, epochs: int):
             name = next(n for n in vars(torch.optim.lr_scheduler) if n.lower() == key)
         scheduler = getattr(torch.optim.lr_scheduler, name)
     args.update(scheduler_args or {})
-    try:
+    try:  # the run's schedule on a throwaway optimizer first: a bad value (gamma='x') fails now, not mid-run
+        with warnings.catch_warnings():  # torch's "step() before optimizer.step()" is the trial's own
+            warnings.simplefilter("ignore")
+            trial = scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)],
+                                              lr=optimizer.param_groups[0]["lr"]), **args)
+            for _ in range(min(epochs, 10_000)):
+                step_scheduler(trial, 0.0)
         return scheduler(optimizer, **args)
-    except TypeError as e:
-        raise TypeError(f"scheduler {scheduler.__name__}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
+        error = TypeError if isinstance(e, TypeError) else ValueError
+        raise error(f"scheduler {scheduler.__name__} with {_shown(args)}: {e}") from None
 
 
 def step_scheduler(schedule, metric: float | None) -> None:

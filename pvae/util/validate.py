@@ -47,6 +47,13 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_flag(name: str, value, allow_none: bool = False):
+    """True or False (None too where ``allow_none``): a string such as "no" is refused, not truthy."""
+    if isinstance(value, bool) or (value is None and allow_none):
+        return value
+    raise TypeError(f"{name} must be True or False{' (or None)' if allow_none else ''}, got {value!r}")
+
+
 def check_number(name: str, value, *, low: float | None = None, high: float | None = None,
                  open_low: bool = False, allow_none: bool = False) -> float | None:
     """A finite real number (not a string, not NaN or inf) inside [low, high] (``open_low``:

@@ -1,0 +1,115 @@
+"""AIS's inner loop as one traced graph per batch.
+
+Every HMC leapfrog step of [`pvae.infer.ais`][pvae.infer.ais] needs the tempered target
+
+.. math:: \\log f_\\beta(u) = \\log f_0(z) + \\beta (\\log p(x, z) - \\log f_0(z)) + \\log |dz/du|,
+          \\qquad z = T(u),
+
+and its gradient in u. Run eagerly, each evaluation re-traces model and guide through Pyro's
+effect handlers and re-runs the guide's nets on x, though q(z|x)'s parameters do not change
+while the chains move. `TargetGraph` records the whole evaluation (Pyro program, transforms and
+the backward pass) once per batch with ``make_fx``, as a pure function of u, and
+folds everything that does not depend on u (the guide's nets on x, the parameters' own
+arithmetic) into constants computed once: NumPyro's ``log_density`` traced into a function of
+the draws, with loop-invariant work hoisted. The first call is checked against the eager
+evaluation on the same u; a program that does not trace, draws random numbers inside the
+target, or gives other numbers stays eager (and one line says why).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import torch
+
+
+def eager_terms(target, start: str, u: dict) -> tuple:
+    """``(log q, log p(z), log p(x, z), log |dz/du|, *grad_u (log f_0 + log |dz/du|), *grad_u (log p(x, z) - log f_0))``
+    for one batch at unconstrained latents u: four (C, B) tensors, then two gradients per site
+    (shaped like u). The tempered target at any beta is a sum of these
+    (`tempered`), so one evaluation serves every temperature."""
+    v = {n: x.detach().requires_grad_(True) for n, x in u.items()}
+    with torch.enable_grad(), pyro.validation_enabled(False):
+        q, pz, jnt, ldj = target.parts(v)
+        base = q if start == "guide" else pz
+        ins = list(v.values())
+        near = torch.autograd.grad((base + ldj).sum(), ins, retain_graph=True, allow_unused=True)
+        far = torch.autograd.grad((jnt - base).sum(), ins, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(ins + ins, near + far)]
+    return tuple(t.detach() for t in (q, pz, jnt, ldj)) + tuple(grads)
+
+
+def tempered(terms: tuple, start: str, beta: float, names: list) -> tuple:
+    """log f_beta(u) and its gradient per site from `eager_terms`'s tuple."""
+    q, pz, jnt, ldj = terms[:4]
+    base = q if start == "guide" else pz
+    k = len(names)
+    near, far = terms[4:4 + k], terms[4 + k:]
+    return base + ldj + beta * (jnt - base), {n: a + beta * b for n, a, b in zip(names, near, far)}
+
+
+def _seeded(graph) -> str | None:
+    """The first random op of a recorded graph (a draw inside the target), or None."""
+    for node in graph.graph.nodes:
+        tags = getattr(node.target, "tags", ())
+        if node.op == "call_function" and torch.Tag.nondeterministic_seeded in tags:
+            return str(node.target)
+    return None
+
+
+class TargetGraph:
+    """``u -> eager_terms(...)`` for one `Target`, traced on the first call (see the
+    module docstring); ``traced`` says whether the graph is in use."""
+
+    def __init__(self, target, start: str, say=None):
+        self.target, self.start = target, start
+        self.names = [n for n, _ in target.sites]
+        self.say = say or (lambda line: warnings.warn(line, stacklevel=4))
+        self.graph, self.traced, self.tried = None, False, False
+
+    def _flat(self, *u):
+        return eager_terms(self.target, self.start, dict(zip(self.names, u)))
+
+    def _trace(self, u: dict) -> None:
+        from torch.fx.experimental.const_fold import split_const_subgraphs
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        from pvae.infer import traces
+
+        self.tried = True
+        inputs = [u[n] for n in self.names]
+        try:
+            traces.TRACING = True
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = make_fx(self._flat)(*inputs)
+        except Exception as e:  # noqa: BLE001 - a program that will not trace stays eager
+            self.say(f"AIS runs its target eagerly: tracing it failed ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:120] if str(e) else ''})")
+            return
+        finally:
+            traces.TRACING = False
+        drawn = _seeded(graph)
+        if drawn is not None:
+            self.say(f"AIS runs its target eagerly: the program draws random numbers inside it ({drawn})")
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            folded = split_const_subgraphs(graph)
+        with torch.no_grad():
+            got = folded(*inputs)
+        want = self._flat(*inputs)
+        if not all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(got, want)):
+            self.say("AIS runs its target eagerly: its traced graph gives other numbers than the program "
+                     "(control flow that depends on the latents?)")
+            return
+        self.graph, self.traced = folded, True
+
+    def __call__(self, u: dict) -> tuple:
+        if not self.tried:
+            self._trace(u)
+        if self.graph is None:
+            return eager_terms(self.target, self.start, u)
+        with torch.no_grad():
+            return tuple(self.graph(*(u[n] for n in self.names)))
