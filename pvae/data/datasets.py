@@ -73,27 +73,18 @@ class Data(torch.utils.data.Dataset):
     factor_names: tuple | None = None
 
     def __post_init__(self):
-        """One line for what cannot be a dataset, before any work: x with a datapoint dim, one
-        label (and one row of factors) per datapoint, a known binarization."""
-        if not isinstance(self.x, torch.Tensor):
-            if not isinstance(self.x, np.ndarray):
-                raise TypeError(f"Data's x must be a tensor or array of shape (n, *x_shape), got "
-                                f"{type(self.x).__name__}")
+        """One line for what cannot be a dataset, before any work."""
+        if isinstance(self.x, np.ndarray):
             self.x = torch.as_tensor(self.x)
-        if self.x.dim() < 2:
-            raise ValueError(f"Data's x must have a leading datapoint dim and a shape per datapoint, got shape "
-                             f"{tuple(self.x.shape)} (one datapoint: x[None]; n scalars: x[:, None])")
+        if not isinstance(self.x, torch.Tensor) or self.x.dim() < 2:
+            what = f"shape {tuple(self.x.shape)}" if isinstance(self.x, torch.Tensor) else type(self.x).__name__
+            raise (ValueError if isinstance(self.x, torch.Tensor) else TypeError)(
+                f"Data's x must be a tensor or array with a leading datapoint dim, shape (n, *x_shape); got {what}")
         if self.binarize not in BINARIZE:
             raise ValueError(f"unknown binarization {self.binarize!r}; choose one of {list(BINARIZE)}")
-        for what in ("y", "factors"):
-            v = getattr(self, what)
-            if v is None:
-                continue
-            v = torch.as_tensor(v)
-            setattr(self, what, v)
-            if v.dim() == 0 or v.shape[0] != self.x.shape[0]:
-                raise ValueError(f"Data has {self.x.shape[0]} datapoints but {v.shape[0] if v.dim() else 0} "
-                                 f"{'labels' if what == 'y' else 'rows of factors'}")
+        for what, v in (("labels", self.y), ("rows of factors", self.factors)):
+            if v is not None and (torch.as_tensor(v).dim() == 0 or len(v) != len(self.x)):
+                raise ValueError(f"Data has {len(self.x)} datapoints but {len(v) if torch.as_tensor(v).dim() else 0} {what}")
 
     def __len__(self):
         return self.x.shape[0]

@@ -43,7 +43,8 @@ from pvae.nn.nets import flush_denormals
 from pvae.util.progress import bar as progress_bar
 
 TARGET_ACCEPT = 0.65
-STEPS, CHAINS, LEAPFROG = 1800, 16, 2  # the defaults: 16 x 1800 x (2 + 1) = 86,400 net passes per datapoint
+STEPS, CHAINS, LEAPFROG = 1800, 16, 2  # the defaults: 16 x 1800 x 2 = 57,600 evaluations per datapoint
+TRACE_FROM = 100  # density evaluations (steps x leapfrog) from which AIS traces its target (pvae.infer.ais_graph)
 STEP_SIZE = 0.5  # HMC's first step, in units of the guide's spread (mass="guide"), then adapted per datapoint
 
 
@@ -266,14 +267,15 @@ def _chosen(accepted: torch.Tensor, proposed: tuple, current: tuple, target: Tar
 
 
 def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: int = 10, step_size: float = STEP_SIZE,
-        reverse_from: dict | None = None, bar=None, mass: str = "guide", compiled: bool = True) -> torch.Tensor:
+        reverse_from: dict | None = None, bar=None, mass: str = "guide", compiled: bool | None = None) -> torch.Tensor:
     """Per (chain, datapoint) AIS log-weights (C, B) along ``betas``: forward from f_0 (the
     module docstring), or, with ``reverse_from`` (unconstrained exact posterior draws), reverse
     from beta = 1 to 0 (log-weights whose exp has expectation 1/p(x)). ``mass="guide"``: HMC's
     diagonal mass matrix from the guide's spread per datapoint and coordinate (`Target.spread`),
     so ``step_size`` is in units of that spread; ``"identity"``: unit masses, steps in the
     unconstrained space's own units. ``compiled``: evaluate the target through one traced graph
-    per batch ([`pvae.infer.ais_graph.TargetGraph`][pvae.infer.ais_graph.TargetGraph]; eager where the program will not trace)."""
+    per batch ([`pvae.infer.ais_graph.TargetGraph`][pvae.infer.ais_graph.TargetGraph]; eager where the program will not trace); None:
+    where the run makes at least `TRACE_FROM` evaluations (tracing costs about ten)."""
     if mass not in ("guide", "identity"):
         raise ValueError(f"mass must be 'guide' or 'identity', got {mass!r}")
     with torch.no_grad():
@@ -282,6 +284,8 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
     C, B = target.chains, None
     log_w = None
     step = None
+    if compiled is None:
+        compiled = (len(betas) - 1) * leapfrog >= TRACE_FROM
     terms = TargetGraph(target, start) if compiled else (lambda v: eager_terms(target, start, v))
     names = [n for n, _ in target.sites]
     cur = None  # the terms at u: each evaluation serves every temperature (pvae.infer.ais_graph.tempered)

@@ -1,6 +1,6 @@
 """AIS's inner loop as one traced graph per batch.
 
-Every HMC leapfrog step of [`pvae.infer.ais`][pvae.infer.ais] needs the tempered target
+Every HMC leapfrog step of AIS ([`pvae.infer.ais.ais_log_likelihood`][pvae.infer.ais.ais_log_likelihood]) needs the tempered target
 
 .. math:: \\log f_\\beta(u) = \\log f_0(z) + \\beta (\\log p(x, z) - \\log f_0(z)) + \\log |dz/du|,
           \\qquad z = T(u),
