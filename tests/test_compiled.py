@@ -587,3 +587,24 @@ def test_a_step_that_will_not_trace_says_why_in_one_line():
                         compile_graph=False, say=said.append)
     assert torch.isfinite(step(X[:10]))
     assert len(said) == 1 and said[0].startswith("compile='step': the step stays eager for inputs of shape (10, 784)")
+
+
+def test_inductor_takes_the_cpus_vector_instructions_as_reported_and_falls_back_to_its_own_tests():
+    from torch._inductor import config as inductor_config
+
+    from pvae.infer.graphs import _trusting_the_cpu
+
+    seen = []
+
+    def build(fail_first):
+        seen.append(inductor_config.cpp.vec_isa_ok)
+        if fail_first and len(seen) == 1:
+            raise RuntimeError("this compiler has no avx512")
+        return "compiled"
+
+    assert _trusting_the_cpu(lambda: build(False)) == "compiled" and seen == [True]  # no test builds
+    seen.clear()
+    assert _trusting_the_cpu(lambda: build(True)) == "compiled" and seen == [True, None]  # then inductor's tests
+    seen.clear()
+    with inductor_config.patch({"cpp.vec_isa_ok": False}):  # a user's own setting is left alone
+        assert _trusting_the_cpu(lambda: build(False)) == "compiled" and seen == [False]

@@ -148,7 +148,24 @@ def _compile_fx(graph, inputs):
     except ImportError:  # pragma: no cover - an inductor without them: compiled without the cache
         return compile_fx(graph, inputs)
     with tracing(TracingContext(fake_mode)):
-        return compile_fx(graph, fake)
+        return _trusting_the_cpu(lambda: compile_fx(graph, fake))
+
+
+def _trusting_the_cpu(build):
+    """``build()`` with inductor taking the CPU's vector instructions from what the CPU reports
+    (``cpp.vec_isa_ok``), not from test programs it compiles and loads for each (about 10 s of a
+    cold compile on 2 cores, once per machine); where that build fails, again with the tests."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    if inductor_config.cpp.vec_isa_ok is not None:  # the user's own setting
+        return build()
+    try:
+        with inductor_config.patch({"cpp.vec_isa_ok": True}):
+            return build()
+    except Exception:  # noqa: BLE001 - a compiler without those instructions: inductor's own tests decide
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+        return build()
 
 
 def _close(a, b, slack: float = 0.0) -> bool:
