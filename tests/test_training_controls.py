@@ -44,7 +44,7 @@ def test_any_torch_optimizer_by_name_with_its_arguments():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(optimizer="adamm"), r"unknown optimizer 'adamm'; choose one of torch.optim's: .*adam"),
     (dict(optimizer=42), r"optimizer must be a torch.optim name or class, or a Pyro optimizer"),
-    (dict(optimizer="sgd", optimizer_args={"momentm": 0.9}), r"optimizer SGD: .*momentm"),
+    (dict(optimizer="sgd", optimizer_args={"momentm": 0.9}), r"optimizer SGD with momentm=0.9, lr=0.001: .*momentm"),
     (dict(scheduler="cosin"), r"unknown scheduler 'cosin'; choose cosine, step, exponential, plateau"),
     (dict(validation=1.5), r"validation must be a fraction of the training data in \(0, 1\)"),
     (dict(early_stopping=3), r"early_stopping watches the validation or test ELBO: pass validation="),
