@@ -112,7 +112,9 @@ class TargetGraph:
 
     def __call__(self, u: dict) -> tuple:
         if not self.tried:
-            self._trace(u)
+            device = next(iter(u.values())).device
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                self._trace(u)  # the chains draw what they would have drawn eagerly (product timing draws)
         if self.graph is None:
             return eager_terms(self.target, self.start, u)
         with torch.no_grad():
