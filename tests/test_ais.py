@@ -181,7 +181,7 @@ def test_ais_beats_is_at_comparable_cost_on_a_small_trained_vae():
     torch.manual_seed(0)
     steps, chains, leapfrog = 30, 4, 4
     ais_ll = pvae.log_likelihood(m, test, method="ais", steps=steps, chains=chains, leapfrog=leapfrog, progress=False)
-    is_ll = pvae.log_likelihood(m, test, k=chains * steps * (leapfrog + 1), progress=False)  # as many net passes
+    is_ll = pvae.log_likelihood(m, test, k=chains * steps * (leapfrog + 1), progress=False)  # more than AIS makes
     assert float(ais_ll.mean()) >= float(is_ll.mean()) - 0.1
     r = bdmc(m, n=5, steps=100, chains=4, leapfrog=4, progress=False)
     assert 0 <= r["summary"]["gap"] < 3.0  # stated bound at 100 steps, 4 chains, 4 leapfrog steps
