@@ -599,7 +599,7 @@ def test_inductor_takes_the_cpus_vector_instructions_as_reported_and_falls_back_
     def build(fail_first):
         seen.append(inductor_config.cpp.vec_isa_ok)
         if fail_first and len(seen) == 1:
-            raise RuntimeError("this compiler has no avx512")
+            raise RuntimeError("CppCompileError: this compiler has no avx512")
         return "compiled"
 
     assert _trusting_the_cpu(lambda: build(False)) == "compiled" and seen == [True]  # no test builds
@@ -608,3 +608,12 @@ def test_inductor_takes_the_cpus_vector_instructions_as_reported_and_falls_back_
     seen.clear()
     with inductor_config.patch({"cpp.vec_isa_ok": False}):  # a user's own setting is left alone
         assert _trusting_the_cpu(lambda: build(False)) == "compiled" and seen == [False]
+    seen.clear()
+
+    def lowering_fails():
+        seen.append(inductor_config.cpp.vec_isa_ok)
+        raise NotImplementedError("no lowering for this op")
+
+    with pytest.raises(NotImplementedError):  # another failure is not the vector instructions: no second try
+        _trusting_the_cpu(lowering_fails)
+    assert seen == [True]

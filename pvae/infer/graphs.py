@@ -163,7 +163,9 @@ def _trusting_the_cpu(build):
     try:
         with inductor_config.patch({"cpp.vec_isa_ok": True}):
             return build()
-    except Exception:  # noqa: BLE001 - a compiler without those instructions: inductor's own tests decide
+    except Exception as e:  # noqa: BLE001 - a compiler without those instructions: inductor's own tests decide
+        if "CppCompile" not in f"{type(e).__name__}: {e}":
+            raise  # not the C++ build: trying again would fail the same way, at the same cost
         cpu_vec_isa.valid_vec_isa_list.cache_clear()
         return build()
 
