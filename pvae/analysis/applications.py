@@ -33,10 +33,10 @@ def auroc(scores, is_anomaly) -> float:
     if scores.shape != is_anomaly.shape or scores.dim() != 1:
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(is_anomaly.shape)} must be two equal 1-d shapes")
     pos, neg = scores[is_anomaly], scores[~is_anomaly]
-    if not bool(torch.isfinite(scores).all()):
-        bad = (~torch.isfinite(scores)).nonzero()[0, 0]
-        raise ValueError(f"scores hold {int((~torch.isfinite(scores)).sum())} non-finite values (NaN or inf), "
-                         f"the first at {int(bad)}: AUROC needs a finite score per datapoint")
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        raise ValueError(f"scores hold {int(bad.sum())} non-finite values (NaN or inf), "
+                         f"the first at {int(bad.nonzero()[0, 0])}: AUROC needs a finite score per datapoint")
     if pos.numel() == 0 or neg.numel() == 0:
         raise ValueError("AUROC needs at least one anomaly and one normal datapoint")
     # ranks with ties averaged: U = sum of the anomalies' ranks - n_pos (n_pos + 1) / 2

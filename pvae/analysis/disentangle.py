@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from pvae.util.validate import check_positive_int
 
 def discretize(codes: torch.Tensor, bins: int = 20) -> torch.Tensor:
     """Each column of ``codes`` (n, D) into ``bins`` equal-width bins between its min and max."""
@@ -45,8 +46,7 @@ def mig_score(codes: torch.Tensor, factors: torch.Tensor, bins: int = 20, names=
     Returns ``{"mig", "per_factor": {name: gap}, "mi": (D, K) tensor, "entropy": (K,) tensor,
     "best": {name: latent dim}}``.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2 (a code needs two bins to carry information), got {bins!r}")
+    bins = check_positive_int("bins", bins, minimum=2)  # a code needs two bins to carry information
     codes, factors = torch.as_tensor(codes).float(), torch.as_tensor(factors).long()
     if codes.dim() != 2 or factors.dim() != 2 or len(codes) != len(factors):
         raise ValueError(f"codes (n, D) and factors (n, K) must have the same n, got {tuple(codes.shape)} and "

@@ -83,8 +83,9 @@ class Data(torch.utils.data.Dataset):
         if self.binarize not in BINARIZE:
             raise ValueError(f"unknown binarization {self.binarize!r}; choose one of {list(BINARIZE)}")
         for what, v in (("labels", self.y), ("rows of factors", self.factors)):
-            if v is not None and (torch.as_tensor(v).dim() == 0 or len(v) != len(self.x)):
-                raise ValueError(f"Data has {len(self.x)} datapoints but {len(v) if torch.as_tensor(v).dim() else 0} {what}")
+            rows = None if v is None else (len(v) if torch.as_tensor(v).dim() else 0)
+            if rows is not None and rows != len(self.x):
+                raise ValueError(f"Data has {len(self.x)} datapoints but {rows} {what}")
 
     def __len__(self):
         return self.x.shape[0]
