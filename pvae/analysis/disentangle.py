@@ -19,6 +19,7 @@ import torch
 
 from pvae.util.validate import check_positive_int
 
+
 def discretize(codes: torch.Tensor, bins: int = 20) -> torch.Tensor:
     """Each column of ``codes`` (n, D) into ``bins`` equal-width bins between its min and max."""
     lo, hi = codes.min(0).values, codes.max(0).values
