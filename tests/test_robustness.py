@@ -374,6 +374,8 @@ API_CASES = [
      "name the same objective twice"),
     ("compare ais option", lambda: pvae.compare(vae, X, X, ais={"stepz": 5}, progress=False), ValueError,
      "unknown AIS option 'stepz'"),
+    ("compare ais start", lambda: pvae.compare(vae, X, X, ais={"start": "posterior"}, progress=False), ValueError,
+     "start must be 'guide' or 'prior', got 'posterior'"),
 ]
 
 

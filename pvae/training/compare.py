@@ -166,6 +166,8 @@ def _check_ais_options(ais) -> None:
     unknown = sorted(set(ais) - set(AIS_OPTIONS))
     if unknown:
         raise ValueError(f"unknown AIS option {unknown[0]!r}; choose from {list(AIS_OPTIONS)}")
+    if ais.get("start", "guide") not in ("guide", "prior"):  # as AIS says it, but before any training
+        raise ValueError(f"start must be 'guide' or 'prior', got {ais['start']!r}")
     if "steps" in ais:
         check_positive_int("ais steps", ais["steps"], minimum=2)
     for key in ("chains", "leapfrog", "batch_size"):
