@@ -18,6 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from pvae.util.denormals import set_flush_denormal
+
 ACTIVATIONS = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -69,12 +71,12 @@ def flush_denormals():
     """Denormal floats flushed to zero inside the block (CPU), the previous setting restored after:
     tiny values (late in training, AIS step sizes) otherwise slow CPU arithmetic many-fold."""
     was = float(torch.tensor([1e-39]) * 1.0) == 0.0  # already flushing (torch has no getter)
-    ok = torch.set_flush_denormal(True)
+    ok, _ = set_flush_denormal(True)  # on torch's worker threads too (see pvae.util.denormals)
     try:
         yield ok
     finally:
         if ok:
-            torch.set_flush_denormal(was)
+            set_flush_denormal(was)
 
 
 def accelerate(module: nn.Module, precision: str = "fp32", compile: bool = False) -> nn.Module:
