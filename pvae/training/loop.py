@@ -41,8 +41,7 @@ class AutoStep:
     its compilation included (`compile_pays`: warm where this machine compiled the same step before,
     `pvae.util.cache.seen_before`), would finish the remaining ``steps`` sooner, it takes over
     (``build()``). The next ``probe`` compiled steps are timed too: a compiled step that is not
-    faster than the eager one on this machine (the IWAE paper's net at k = 50 on one Intel Xeon:
-    79 ms against 65 ms) hands back to the eager step, says so in one line, and is not compiled
+    faster than the eager one on this machine hands back to the eager step, says so in one line, and is not compiled
     again here (`pvae.util.cache`). ``grad_norm`` and ``updated`` are the active step's."""
 
     def __init__(self, eager, build, steps: int, device, probe: int = 5, signature: str | None = None,

@@ -56,7 +56,9 @@ def write_record(name: str, value) -> None:
 
 
 COMPILED = "compiled-steps.json"
-SLOWER = "slower-compiled-steps.json"  # steps whose compiled form was not faster on this machine
+#: steps whose compiled form was not faster on this machine; ".v2": verdicts taken before denormals were
+#: flushed on torch's worker threads (pvae.util.denormals) blamed the compiled step for them, and are void
+SLOWER = "slower-compiled-steps.v2.json"
 
 
 def seen_before(signature: str | None, record: str = COMPILED) -> bool:
