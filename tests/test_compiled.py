@@ -323,6 +323,8 @@ def test_auto_counts_the_compile_cost_warm_where_this_machine_compiled_the_step_
     assert loop.seen_before(sig)
     (tmp_path / "compiled-steps.json").write_text("{not json")
     assert not loop.seen_before(sig)  # a damaged record: cold, never an error
+    pvae.fit(vae(), X, epochs=1, batch_size=10, progress=False, compile="step")  # a forced compile warms it too
+    assert loop.seen_before(sig)
 
 
 def test_product_choices_persist_on_disk_for_the_next_process(monkeypatch, tmp_path):

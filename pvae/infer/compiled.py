@@ -82,8 +82,9 @@ class CompiledStep:
     False."""
 
     def __init__(self, pair, elbo, params, fallback, compile_graph: bool = True, say=print, optimizer=None,
-                 clip_grad: float | None = None, capture: bool | None = None, capture_backend=None):
+                 clip_grad: float | None = None, capture: bool | None = None, capture_backend=None, on_compiled=None):
         self.pair, self.params, self.fallback, self.compile_graph, self.say = pair, params, fallback, compile_graph, say
+        self.on_compiled = on_compiled  # called once a graph has compiled (fit remembers it: the next compile is warm)
         self.elbo = traceable(elbo)
         self.names = [n for n, p in pair.named_parameters() if p.requires_grad]
         self.graphs: dict = {}
@@ -144,7 +145,9 @@ class CompiledStep:
             graph, inputs, replay = self._with_update(graph, inputs, state)
             slack = [0.0] * (len(replay) - len(inputs)) + [2.0 * lr] * n + [0.0] * (len(inputs) - n)
         if self.compile_graph:
-            graph = compile_graph(graph, inputs, state, replay, self.say, mutates=updating, slack=slack)
+            traced, graph = graph, compile_graph(graph, inputs, state, replay, self.say, mutates=updating, slack=slack)
+            if graph is not traced and self.on_compiled is not None:
+                self.on_compiled()
         _set_rng_state(state)  # the step itself draws afresh
         capture = self.capture if self.capture is not None else inputs[0].device.type == "cuda"
         if updating and capture:  # one CUDA graph per step: params and Adam state stay where they are

@@ -323,13 +323,14 @@ def _fit_epochs(run: Run, s: FitSettings) -> None:
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)
+        signature = step_signature(pair, elbo, run.first_args, run.first_kwargs, device)
         if s.compile == "step":
-            step_loss = _compiled(pair, elbo, run.params, step_loss, ctx, warmup_epochs, optimizer, s.clip_grad)
+            step_loss = _compiled(pair, elbo, run.params, step_loss, ctx, warmup_epochs, optimizer, s.clip_grad,
+                                  signature)
         elif s.compile == "auto" and device.type in ("cpu", "cuda"):
             eager, total = step_loss, (epochs - run.start_epoch) * steps
             step_loss = AutoStep(eager, lambda: _compiled(pair, elbo, run.params, eager, ctx, warmup_epochs, optimizer,
-                                                          s.clip_grad), total, device,
-                                 signature=step_signature(pair, elbo, run.first_args, run.first_kwargs, device))
+                                                          s.clip_grad, signature), total, device, signature=signature)
         for epoch in range(run.start_epoch, epochs):
             t0 = time.perf_counter()
             perm = (torch.arange(n, device=device) if run.program.per_datapoint  # row i stays datapoint i

@@ -82,9 +82,7 @@ class AutoStep:
         if self.active is self.eager or self.calls > 2 * self.probe + 1:
             return self.active(*args, **kwargs)
         loss, seconds = self._timed(self.active, *args, **kwargs)
-        if self.calls == self.probe + 1:  # the first compiled call traces and compiles: remembered, not timed
-            if getattr(self.active, "graphs", None) and self.signature:
-                remember(self.signature)
+        if self.calls == self.probe + 1:  # the first compiled call traces and compiles: not timed
             return loss
         self.compiled_times.append(seconds)
         if self.calls == 2 * self.probe + 1:
@@ -123,8 +121,10 @@ def _step_loss(pair, elbo, ctx, device):
     return lambda *args, **kwargs: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args, **kwargs))
 
 
-def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs, optimizer, clip_grad):
-    """The compiled step, Adam update included, where nothing blocks it (one line says what does)."""
+def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs, optimizer, clip_grad, signature=None):
+    """The compiled step, Adam update included, where nothing blocks it (one line says what does);
+    a graph that compiles is remembered by its ``signature`` (`step_signature`): the next run's
+    compile here is priced warm."""
     from pvae.infer.compiled import CompiledStep
 
     blocked = ("multi-process training" if ctx.active else "KL warm-up changes a scale every step" if warmup_epochs
@@ -135,7 +135,8 @@ def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs, optimizer, clip
     if blocked:
         speak(f"compile='step': the step stays eager: {blocked}")
         return step_loss
-    return CompiledStep(pair, elbo, params, step_loss, say=speak, optimizer=optimizer, clip_grad=clip_grad)
+    return CompiledStep(pair, elbo, params, step_loss, say=speak, optimizer=optimizer, clip_grad=clip_grad,
+                        on_compiled=None if signature is None else lambda: remember(signature))
 
 
 def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
