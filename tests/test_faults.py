@@ -334,6 +334,7 @@ def test_evaluation_retries_smaller_chunks_when_out_of_memory(monkeypatch):
         return real(*args, num_particles=num_particles, **kwargs)
 
     monkeypatch.setattr(ev, "log_weight_terms", limited)
+    monkeypatch.setattr(ev, "PARTICLES_PER_PASS", 10 * 1000)  # all k = 1000 particles in the first try
     m = PPCA(x_dim=4, z_dim=1)
     m.set_guide()  # exact posterior: the estimate is exact whatever the chunking
     x = m.sample_x(10)

@@ -42,15 +42,15 @@ from pvae.util.validate import check_flag, check_positive_int
 
 #: particles x datapoints drawn in one pass of the nets on the CPU (bounds evaluation memory). Small
 #: enough that a pass's (particles, batch, 784) temporaries stay in the allocator's reused memory (a
-#: 63 MB one is mapped afresh and page-faulted on every pass): k = 5000 on 100 images took 4.4 s at
-#: 20,000 pairs, 2.4 s at 5,000 and 2.3 s at 2,500 (2 Xeon cores); compiled 2.2 / 1.7 / 2.0 s
+#: 63 MB one is mapped afresh and page-faulted on every pass): k = 5000 on 100 images took 4.7 s eager
+#: at 20,000 pairs and 4.45 s at 5,000; compiled 2.2 s and 1.7 s (2 Xeon cores, one run each)
 PARTICLES_PER_PASS = 5_000
-#: ``compile=None`` compiles the evaluation pass from this many particles x datapoints on: eager
-#: evaluation of the IWAE paper's net takes about 8.8 us a pair on 2 CPU cores and the compiled pass
-#: 3.4 us, so compiling pays from about 0.5M pairs (100 images at k = 5000) where this machine
-#: compiled the model's pass before (inductor's caches warm: 2-3 s) and from about 5M (1,000 images)
-#: where it did not (about 20 s)
-COMPILE_FROM = {"warm": 500_000, "cold": 5_000_000}
+#: ``compile=None`` compiles the evaluation pass from this many particles x datapoints on. On 2 Xeon
+#: cores, k = 5000 on 100 images (0.5M pairs) of the IWAE paper's net: eager 3.5-4.5 s, compiled 1.7 s
+#: a call, but the first compiled call 6.4-9.4 s where inductor's caches were warm (5-8 s of
+#: compiling) and about 14 s where they were cold. Compiling pays from about 1.5M pairs warm (300
+#: images at k = 5000) and 5M cold; later calls on the same model reuse the graphs.
+COMPILE_FROM = {"warm": 1_500_000, "cold": 5_000_000}
 
 
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
