@@ -267,6 +267,62 @@ def test_compiled_evaluation_draws_what_the_eager_pass_draws_and_sees_new_weight
     torch.testing.assert_close(r["log_px"].mean(), eager_after.mean(), rtol=0, atol=0.5)
 
 
+def test_the_default_evaluation_reuses_a_models_compiled_graphs_and_compiles_nothing_below_the_threshold(monkeypatch):
+    import pvae.infer.compiled as compiled_module
+    import pvae.infer.importance as importance
+
+    m = vae()
+    x = X[:20]
+    torch.manual_seed(3)
+    compiled = pvae.log_likelihood(m, x, k=40, batch_size=10, progress=False, compile=True)
+    eager_passes = []
+    real = importance.log_weight_terms
+
+    def counted(*args, **kwargs):
+        eager_passes.append(kwargs["num_particles"])
+        return real(*args, **kwargs)
+
+    def no_recording(*args, **kwargs):
+        raise AssertionError("compile=None below COMPILE_FROM recorded a new graph")
+
+    monkeypatch.setattr(importance, "log_weight_terms", counted)
+    monkeypatch.setattr(compiled_module, "record", no_recording)
+    torch.manual_seed(3)
+    again = pvae.log_likelihood(m, x, k=40, batch_size=10, progress=False)  # 800 pairs: far below COMPILE_FROM
+    assert eager_passes == []  # every pass ran the kept graph: its compile is already paid
+    torch.testing.assert_close(again, compiled)
+    pvae.log_likelihood(m, x, k=30, batch_size=10, progress=False)  # a new shape: eager, nothing compiled
+    assert eager_passes == [30, 30]
+    pvae.log_likelihood(vae(), x, k=40, batch_size=10, progress=False)  # another model has no graphs: eager
+    assert eager_passes == [30, 30, 40, 40]
+
+
+def test_the_default_evaluation_prices_a_compile_by_what_this_machine_compiled_before(monkeypatch, tmp_path):
+    import pvae.infer.compiled as compiled_module
+    import pvae.infer.importance as importance
+
+    monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))  # nothing compiled before
+    monkeypatch.setattr(importance, "COMPILE_FROM", {"graph": 400, "warm": 1000, "cold": 10_000})
+    real, recorded = compiled_module.record, []
+
+    def counted(*args, **kwargs):
+        recorded.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_module, "record", counted)
+    x = X[:20]
+    pvae.log_likelihood(vae(), x, k=40, batch_size=10, progress=False)  # 800 pairs < cold: eager
+    assert recorded == []
+    pvae.log_likelihood(vae(), x, k=40, batch_size=10, progress=False, compile=True)
+    assert recorded == [1]
+    pvae.log_likelihood(vae(), x, k=40, batch_size=10, progress=False)  # this very graph before: 800 >= 400
+    assert recorded == [1, 1]
+    pvae.log_likelihood(vae(), x, k=30, batch_size=10, progress=False)  # other shapes: 600 < warm, eager
+    assert recorded == [1, 1]
+    pvae.log_likelihood(vae(), X[:40], k=30, batch_size=10, progress=False)  # 1200 >= warm
+    assert recorded == [1, 1, 1]
+
+
 def test_compiled_evaluation_of_a_program_with_global_latents_stays_eager_and_says_so():
     def model(x):
         w = pyro.sample("w", dist.Normal(torch.zeros(784), 1.0).to_event(1))

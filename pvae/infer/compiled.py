@@ -344,10 +344,14 @@ class CompiledTerms:
                                  **kwargs)
         return t.log_px_z, t.log_pz, t.log_qz
 
-    def __call__(self, args, kwargs, k: int):
+    def __call__(self, args, kwargs, k: int, compile_new: bool = True):
+        """The three terms from this shape's graph (traced and compiled on its first call), or None;
+        ``compile_new=False`` runs only a graph compiled before (None for a new shape)."""
         tensors, spec = _flatten(args, kwargs)
         key = (k,) + _key(tensors, spec) + (tuple(sorted(python_state(self.pair).items(), key=str)),)
         inputs = self._state() + list(tensors)
+        if key not in self.graphs and not compile_new:
+            return None
         if key not in self.graphs:
             recorded = record(lambda *flat: self._terms(*flat, spec=spec, k=k), inputs, inputs, self.say,
                               "compiled evaluation: the pass stays eager")
@@ -356,15 +360,22 @@ class CompiledTerms:
                 graph, state, replay = recorded
                 graph = compile_graph(graph, inputs, state, replay, self.say, what="compiled evaluation")
                 _set_rng_state(state)  # this call draws what the eager pass would have drawn
-                if graph is not None:
-                    remember(eval_signature(self.pair))  # the next evaluation of this model compiles warm
+                if graph is not None:  # the next evaluation of this model compiles warm, of this shape warmer
+                    remember(eval_signature(self.pair))
+                    remember(eval_signature(self.pair, args, kwargs, k))
             self.graphs[key] = graph
         graph = self.graphs[key]
         return None if graph is None else graph(*inputs)
 
 
-def eval_signature(pair) -> str:
-    """What makes two evaluations compile the same graphs: the module's structure and torch's version."""
+def eval_signature(pair, args=None, kwargs=None, k: int | None = None) -> str:
+    """What makes two evaluations compile the same graphs: the module's structure and torch's version
+    (with ``args``, ``kwargs`` and ``k``: and one pass's particles and input shapes, the exact graph,
+    which inductor's on-disk cache then holds)."""
     import hashlib
 
-    return "eval-" + hashlib.sha256(f"{type(pair).__qualname__}|{pair!r}|{torch.__version__}".encode()).hexdigest()[:24]
+    text = f"{type(pair).__qualname__}|{pair!r}|{torch.__version__}"
+    if args is not None:
+        tensors, spec = _flatten(args, kwargs or {})
+        text += f"|{k}|{_key(tensors, spec)}"
+    return "eval-" + hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -19,6 +19,7 @@ E_q[log q(z|x) - log p(z)] terms, the importance-sampling effective sample size
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 import weakref
@@ -46,11 +47,14 @@ from pvae.util.validate import check_flag, check_positive_int
 #: at 20,000 pairs and 4.45 s at 5,000; compiled 2.2 s and 1.7 s (2 Xeon cores, one run each)
 PARTICLES_PER_PASS = 5_000
 #: ``compile=None`` compiles the evaluation pass from this many particles x datapoints on. On 2 Xeon
-#: cores, k = 5000 on 100 images (0.5M pairs) of the IWAE paper's net: eager 3.5-4.5 s, compiled 1.7 s
-#: a call, but the first compiled call 6.4-9.4 s where inductor's caches were warm (5-8 s of
-#: compiling) and about 14 s where they were cold. Compiling pays from about 1.5M pairs warm (300
-#: images at k = 5000) and 5M cold; later calls on the same model reuse the graphs.
-COMPILE_FROM = {"warm": 1_500_000, "cold": 5_000_000}
+#: cores, k = 5000 on 100 images (0.5M pairs) of the IWAE paper's net took 2.4-2.5 s eager (3.5-4.5 s
+#: in other runs) and 1.8 s compiled a call, so compiling saves about 1.2 us a pair; the first
+#: compiled call took 2.4-2.65 s where this machine had compiled this very graph before (same net,
+#: particles per pass and batch shape: inductor's on-disk cache hit, about 0.6 s), 6.4-9.4 s where it
+#: had compiled this net's pass with other shapes (about 5.5 s) and about 14 s where it never had.
+#: Hence from 0.5M, 3M (600 images at k = 5000) and 10M pairs; later calls on the same model object
+#: run its graphs whatever their size.
+COMPILE_FROM = {"graph": 500_000, "warm": 3_000_000, "cold": 10_000_000}
 
 
 def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batch_size: int = 100,
@@ -64,7 +68,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
 
     ``compile``: run each chunk as a traced and compiled graph ([`pvae.infer.compiled.CompiledTerms`][pvae.infer.compiled.CompiledTerms]);
     None compiles from `COMPILE_FROM` particles x datapoints on (fewer where this machine compiled the
-    model's pass before). Programs with global latents or
+    model's pass before) and, below that, runs the graphs already compiled for this model. Programs with global latents or
     sequential particles stay eager. A guide with a point mass on a local latent is refused
     (`pvae.infer.program.check_density`) unless ``point_mass_ok`` (evaluation's log p(x|z))."""
     pair = as_pair(model, guide, modules)
@@ -92,7 +96,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
                     with poutine.block():
                         fixed = fix_globals(pair.guide, program, *args, **kwargs)
                     check_fold(pair, program, args, kwargs, fixed)
-                    compiled = _compiled_terms(pair, program, fixed, compile, n * k)
+                    compiled = _compiled_terms(pair, program, fixed, compile, n * k, (args, kwargs, min(chunk, k)))
                 parts, c = [], 0
                 while c < k:
                     measure = device.type == "cuda" and not sized  # the first pass on a GPU sizes the others
@@ -143,14 +147,20 @@ def chunk_for_memory(free_bytes: int, bytes_per_pair: float, batch: int, k: int,
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pair -> its CompiledTerms
 
 
-def _compiled_terms(pair, program, fixed, compile, work: int):
+def _compiled_terms(pair, program, fixed, compile, work: int, first_pass: tuple):
     """The pair's compiled evaluation pass (kept per pair in `_COMPILED`, so later calls reuse its
-    graphs), or None."""
+    graphs), or None. ``first_pass``: ``(args, kwargs, particles)`` of the first pass."""
     from pvae.infer.compiled import CompiledTerms, eval_signature
 
-    if compile is False or (compile is None and work < COMPILE_FROM["warm" if seen_before(eval_signature(pair))
-                                                                     else "cold"]):
+    if compile is False:
         return None
+    cache = ("graph" if seen_before(eval_signature(pair, *first_pass)) else
+             "warm" if seen_before(eval_signature(pair)) else "cold")
+    if compile is None and work < COMPILE_FROM[cache]:
+        kept = _COMPILED.get(pair)  # too little work to pay for a compile: only graphs already compiled run
+        if kept is None or kept.program is not program or not any(kept.graphs.values()):
+            return None
+        return functools.partial(kept, compile_new=False)
 
     why = ("the program has global latents" if fixed is not None else
            "its particles are drawn one trace at a time" if not program.vectorize else None)
@@ -186,7 +196,7 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     The log-weights stay on the evaluation device and are reduced there; only the per-datapoint
     estimates come back. ``compile``: trace and compile the evaluation pass once per chunk shape
     (None: from `COMPILE_FROM` particles x datapoints on, fewer where this machine compiled the model's
-    pass before; the graphs are kept for later calls).
+    pass before; the graphs are kept, and later calls of any size run them).
     """
     check_flag("with_se", with_se)
     if method == "ais":
