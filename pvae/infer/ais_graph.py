@@ -76,6 +76,7 @@ class TargetGraph:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         from pvae.infer import traces
+        from pvae.infer.graphs import one_fake_mode
 
         self.tried = True
         inputs = [u[n] for n in self.names]
@@ -83,7 +84,8 @@ class TargetGraph:
             traces.TRACING = True
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                graph = make_fx(self._flat)(*inputs)
+                with one_fake_mode():
+                    graph = make_fx(self._flat)(*inputs)
         except Exception as e:  # noqa: BLE001 - a program that will not trace stays eager
             self.say(f"AIS runs its target eagerly: tracing it failed ({type(e).__name__}: "
                      f"{str(e).splitlines()[0][:120] if str(e) else ''})")
