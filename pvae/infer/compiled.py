@@ -350,9 +350,9 @@ class CompiledTerms:
         tensors, spec = _flatten(args, kwargs)
         key = (k,) + _key(tensors, spec) + (tuple(sorted(python_state(self.pair).items(), key=str)),)
         inputs = self._state() + list(tensors)
-        if key not in self.graphs and not compile_new:
-            return None
         if key not in self.graphs:
+            if not compile_new:
+                return None
             recorded = record(lambda *flat: self._terms(*flat, spec=spec, k=k), inputs, inputs, self.say,
                               "compiled evaluation: the pass stays eager")
             graph = None

@@ -154,14 +154,6 @@ def _compiled_terms(pair, program, fixed, compile, work: int, first_pass: tuple)
 
     if compile is False:
         return None
-    cache = ("graph" if seen_before(eval_signature(pair, *first_pass)) else
-             "warm" if seen_before(eval_signature(pair)) else "cold")
-    if compile is None and work < COMPILE_FROM[cache]:
-        kept = _COMPILED.get(pair)  # too little work to pay for a compile: only graphs already compiled run
-        if kept is None or kept.program is not program or not any(kept.graphs.values()):
-            return None
-        return functools.partial(kept, compile_new=False)
-
     why = ("the program has global latents" if fixed is not None else
            "its particles are drawn one trace at a time" if not program.vectorize else None)
     if why:
@@ -169,7 +161,12 @@ def _compiled_terms(pair, program, fixed, compile, work: int, first_pass: tuple)
             warnings.warn(f"compiled evaluation: the pass stays eager: {why}", stacklevel=4)
         return None
     cached = _COMPILED.get(pair)
-    if cached is None or cached.program is not program:
+    cached = cached if cached is not None and cached.program is program else None
+    if compile is None and work < COMPILE_FROM["graph" if seen_before(eval_signature(pair, *first_pass)) else
+                                               "warm" if seen_before(eval_signature(pair)) else "cold"]:
+        # too little work to pay for a compile: only graphs already compiled for this pair run
+        return functools.partial(cached, compile_new=False) if cached is not None and any(cached.graphs.values()) else None
+    if cached is None:
         cached = _COMPILED[pair] = CompiledTerms(pair, program, say=lambda line: warnings.warn(line, stacklevel=5))
     return cached
 
