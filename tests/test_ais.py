@@ -326,3 +326,51 @@ def test_a_target_that_draws_random_numbers_stays_eager_and_says_so():
     terms = graph(target.draw("guide"))
     assert not graph.traced and len(said) == 1 and "draws random numbers inside it" in said[0]
     assert all(torch.isfinite(t).all() for t in terms)
+
+
+# -- the target through inductor (TargetGraph(compile=True)) -----------------------------------------------
+def test_the_compiled_target_equals_the_eager_one_and_one_compile_serves_every_batch_of_its_shape(monkeypatch):
+    import pvae.infer.ais_graph as ag
+    from pvae.infer.ais import ais
+
+    monkeypatch.setattr(ag, "_KEPT", {})
+    m, x = _small_vae()
+    program = analyse(m.model, m.guide, (x,), {})
+    compiles, graphs = [], []
+    for batch in (x, 1.0 - x):  # two batches of one shape, different data (different folded constants)
+        target = Target(m, program, (batch,), {}, chains=3)
+        u = target.draw("guide")
+        graph = ag.TargetGraph(target, "guide", say=pytest.fail, compile=True, on_compiled=lambda: compiles.append(1))
+        terms = graph(u)
+        assert graph.compiled
+        graphs.append(graph.graph)
+        for a, b in zip(terms, ag.eager_terms(target, "guide", u)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert len(compiles) == 1 and graphs[0] is graphs[1] and len(ag._KEPT) == 1
+    out = []
+    for compile in (True, False):  # the whole of AIS on the same draws: compiled, and traced only
+        target = Target(m, program, (x,), {}, chains=4)
+        torch.manual_seed(5)
+        out.append(ais(target, schedule(30), leapfrog=2, compiled=True, compile=compile))
+    torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-3)
+
+
+def test_ais_compiles_by_default_only_where_the_run_pays_for_it(monkeypatch, tmp_path):
+    from pvae.infer.ais_graph import COMPILE_FROM, compile_choice
+
+    monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))  # nothing compiled before
+    m, x = _small_vae()
+    cold, warm, graph = COMPILE_FROM["cold"], COMPILE_FROM["warm"], COMPILE_FROM["graph"]
+    assert graph < warm < cold
+    assert not compile_choice(None, m, (x,), {}, 16, "guide", cold - 1)["compile"]
+    choice = compile_choice(None, m, (x,), {}, 16, "guide", cold)
+    assert choice["compile"]
+    choice["on_compiled"]()  # this graph compiled: the next run of this very shape compiles from far less
+    assert compile_choice(None, m, (x,), {}, 16, "guide", graph)["compile"]
+    assert not compile_choice(None, m, (x,), {}, 16, "guide", graph - 1)["compile"]
+    assert not compile_choice(None, m, (x[:3],), {}, 16, "guide", warm - 1)["compile"]  # another shape: warm
+    assert compile_choice(None, m, (x[:3],), {}, 16, "guide", warm)["compile"]
+    assert not compile_choice(False, m, (x,), {}, 16, "guide", 10 * cold)["compile"]  # the user's word stands
+    assert compile_choice(True, m, (x,), {}, 16, "guide", 1)["compile"]
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        pvae.log_likelihood(m, x, method="ais", steps=3, compile="yes", progress=False)

@@ -35,7 +35,7 @@ import torch
 from pyro import poutine
 from torch.distributions import biject_to
 
-from pvae.infer.ais_graph import TargetGraph, eager_terms, tempered
+from pvae.infer.ais_graph import TargetGraph, compile_choice, eager_terms, tempered
 from pvae.infer.sites import PARTICLES, Program, diverged_said, latent_sites
 from pvae.infer.traces import _per_datapoint, fix_globals, fold, terms_from_traces
 from pvae.infer.weights import mc_standard_error
@@ -267,7 +267,8 @@ def _chosen(accepted: torch.Tensor, proposed: tuple, current: tuple, target: Tar
 
 
 def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: int = 10, step_size: float = STEP_SIZE,
-        reverse_from: dict | None = None, bar=None, mass: str = "guide", compiled: bool | None = None) -> torch.Tensor:
+        reverse_from: dict | None = None, bar=None, mass: str = "guide", compiled: bool | None = None,
+        compile: bool = False, on_compiled=None) -> torch.Tensor:
     """Per (chain, datapoint) AIS log-weights (C, B) along ``betas``: forward from f_0 (the
     module docstring), or, with ``reverse_from`` (unconstrained exact posterior draws), reverse
     from beta = 1 to 0 (log-weights whose exp has expectation 1/p(x)). ``mass="guide"``: HMC's
@@ -286,7 +287,7 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
     step = None
     if compiled is None:
         compiled = (len(betas) - 1) * leapfrog >= TRACE_FROM
-    terms = TargetGraph(target, start) if compiled else (lambda v: eager_terms(target, start, v))
+    terms = TargetGraph(target, start, compile=compile, on_compiled=on_compiled) if compiled or compile else (lambda v: eager_terms(target, start, v))
     names = [n for n, _ in target.sites]
     cur = None  # the terms at u: each evaluation serves every temperature (pvae.infer.ais_graph.tempered)
 
@@ -344,7 +345,7 @@ def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS,
                        leapfrog: int = LEAPFROG,
                        step_size: float = STEP_SIZE, schedule_kind: str = "sigmoid", guide=None, modules=None,
                        batch_size: int = 100, progress: bool = True, labels=None, data_plate=None,
-                       with_se: bool = False, mass: str = "guide", device=None):
+                       with_se: bool = False, mass: str = "guide", device=None, compile: bool | None = None):
     """AIS estimate of log p(x), one value per datapoint (a CPU tensor of shape ``(n,)``):
     ``chains`` chains and ``steps`` annealing steps of ``leapfrog``-step HMC per datapoint, in
     batches of ``batch_size`` datapoints. Global latents are held at their guide mean, as in
@@ -355,7 +356,10 @@ def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS,
     [`mc_standard_error`][pvae.infer.weights.mc_standard_error] does for importance weights;
     NaN for one chain). It measures the estimate's spread from run to run, not the bias a short
     schedule leaves (AIS stays a stochastic lower bound; `bdmc` bounds that bias). ``device``: where
-    it runs, which must hold the model's parameters (None: where they are)."""
+    it runs, which must hold the model's parameters (None: where they are). ``compile``: run the
+    traced target through inductor (one compile per batch shape, kept for the process; a program
+    inductor cannot compile runs traced, said in one line); None: where the run is long enough to
+    pay for it (`pvae.infer.ais_graph.COMPILE_FROM`)."""
     from pvae.util.validate import check_flag, check_memory, check_number, check_positive_int
 
     check_positive_int("chains", chains)
@@ -363,6 +367,7 @@ def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS,
     batch_size = check_positive_int("batch_size", batch_size)
     check_number("step_size", step_size, low=0, open_low=True)
     check_flag("with_se", with_se)
+    check_flag("compile", compile, allow_none=True)
     betas = schedule(steps, schedule_kind)
     pair, device, inputs, program = _program_and_inputs(model, data, guide, modules, labels, data_plate, batch_size,
                                                         device)
@@ -375,15 +380,18 @@ def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS,
     bar = progress_bar(total=(len(betas) - 2) * math.ceil(inputs.n / batch_size), desc="AIS",
                        progress=progress)
     try:
-        fixed = None
+        fixed, compiles = None, None
         for s in range(0, inputs.n, batch_size):
             args, kwargs = inputs.take(slice(s, s + batch_size), device=device)
             if fixed is None:
                 with poutine.block(), diverged_said():
                     fixed = fix_globals(pair.guide, program, *args, **kwargs)
+                compiles = compile_choice(compile, pair, args, kwargs, chains, start,
+                                          (len(betas) - 1) * leapfrog * chains * inputs.n)
             with poutine.block(), flush_denormals(), diverged_said():
                 target = Target(pair, program, args, kwargs, chains, fixed)
-                log_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar, mass=mass)
+                log_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar, mass=mass,
+                            **compiles)
             out.append((torch.logsumexp(log_w, 0) - math.log(chains)).cpu())
             se.append(mc_standard_error(log_w).cpu())
     finally:

@@ -23,6 +23,12 @@ import warnings
 import pyro
 import torch
 
+# density evaluations (steps x leapfrog) x chains x datapoints from which AIS compiles its target through
+# inductor by default, by what this machine compiled before: this very graph (inductor's on-disk cache
+# holds it: about 2 s), this model's AIS target at other shapes, never (about 18 s on 2 cores). Compiled,
+# an evaluation of the IWAE paper's net costs about half what it does traced (the products remain).
+COMPILE_FROM = {"graph": 700_000, "warm": 2_000_000, "cold": 6_000_000}
+
 
 def eager_terms(target, start: str, u: dict) -> tuple:
     """``(log q, log p(z), log p(x, z), log |dz/du|, *grad_u (log f_0 + log |dz/du|), *grad_u (log p(x, z) - log f_0))``
@@ -62,11 +68,11 @@ class TargetGraph:
     """``u -> eager_terms(...)`` for one `Target`, traced on the first call (see the
     module docstring); ``traced`` says whether the graph is in use."""
 
-    def __init__(self, target, start: str, say=None):
-        self.target, self.start = target, start
+    def __init__(self, target, start: str, say=None, compile: bool = False, on_compiled=None):
+        self.target, self.start, self.compile, self.on_compiled = target, start, compile, on_compiled
         self.names = [n for n, _ in target.sites]
         self.say = say or (lambda line: warnings.warn(line, stacklevel=4))
-        self.graph, self.traced, self.tried = None, False, False
+        self.graph, self.traced, self.tried, self.compiled, self.constants = None, False, False, False, ()
 
     def _flat(self, *u):
         return eager_terms(self.target, self.start, dict(zip(self.names, u)))
@@ -96,8 +102,8 @@ class TargetGraph:
         if drawn is not None:
             self.say(f"AIS runs its target eagerly: the program draws random numbers inside it ({drawn})")
             return
-        if inputs[0].device.type == "cpu":  # products on the faster of MKL and oneDNN, as compiled graphs do
-            from pvae.infer.matmul import use_fastest_matmuls
+        if inputs[0].device.type == "cpu" and not self.compile:  # products on the faster of MKL and oneDNN,
+            from pvae.infer.matmul import use_fastest_matmuls  # as compiled graphs do (compile_graph: its own)
 
             use_fastest_matmuls(graph)
         with warnings.catch_warnings():
@@ -111,6 +117,28 @@ class TargetGraph:
                      "(control flow that depends on the latents?)")
             return
         self.graph, self.traced = folded, True
+        if self.compile:
+            self._compile(folded, inputs, got)
+
+    def _compile(self, folded, inputs, expected) -> None:
+        """The folded graph through inductor, its folded constants passed in as inputs (`lifted`),
+        so that every batch of one shape runs one compiled graph; kept per process in `_KEPT`."""
+        from pvae.infer.graphs import _rng_state, compile_graph
+
+        body, constants = lifted(folded)
+        key = (body.code, tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in constants + inputs))
+        if key not in _KEPT:
+            with torch.no_grad():
+                compiled = compile_graph(body, constants + inputs, _rng_state(inputs[0].device), list(expected),
+                                         say=self.say, what="AIS's compiled target")
+            if compiled is body:  # did not compile (said): the folded graph runs uncompiled
+                return
+            while len(_KEPT) >= 8:
+                _KEPT.pop(next(iter(_KEPT)))
+            _KEPT[key] = compiled
+            if self.on_compiled is not None:
+                self.on_compiled()
+        self.graph, self.constants, self.compiled = _KEPT[key], tuple(constants), True
 
     def __call__(self, u: dict) -> tuple:
         if not self.tried:
@@ -120,4 +148,62 @@ class TargetGraph:
         if self.graph is None:
             return eager_terms(self.target, self.start, u)
         with torch.no_grad():
-            return tuple(self.graph(*(u[n] for n in self.names)))
+            return tuple(self.graph(*self.constants, *(u[n] for n in self.names)))
+
+
+_KEPT: dict = {}  # (lifted graph's code, input layouts) -> inductor's compiled graph, for this process
+
+
+def lifted(folded) -> tuple:
+    """``(graph module, constants)``: the const-folded graph with each constant it reads (the
+    folded values, the parameters) turned into a leading input, so one compiled graph serves every
+    batch whose constants differ only in value."""
+    import functools
+    import operator
+
+    if getattr(folded, "has_folding_been_run", True) is False:
+        folded.run_folding()
+    graph, env, constants = torch.fx.Graph(), {}, []
+    nodes = list(folded.graph.nodes)
+    lists = {}  # a get_attr of a list of constants (the folded values) -> one input per entry
+
+    def constant(value):
+        constants.append(value.detach())
+        return graph.placeholder(f"_constant_{len(constants) - 1}")
+
+    for node in nodes:
+        if node.op == "get_attr":
+            value = functools.reduce(getattr, node.target.split("."), folded)
+            if isinstance(value, torch.Tensor):
+                env[node] = constant(value)
+            else:
+                lists[node] = [constant(v) for v in value]
+    for node in nodes:
+        if node.op == "placeholder":
+            env[node] = graph.placeholder(node.name)
+    for node in nodes:
+        if node.op == "call_function" and node.target is operator.getitem and node.args[0] in lists:
+            env[node] = lists[node.args[0]][node.args[1]]
+        elif node.op not in ("placeholder", "get_attr"):
+            env[node] = graph.node_copy(node, lambda a: env[a])
+    return torch.fx.GraphModule(torch.nn.Module(), graph), constants
+
+
+def compile_choice(compile, pair, args, kwargs, chains: int, start: str, work: int) -> dict:
+    """``ais``'s ``compile`` and ``on_compiled`` for a run of ``work`` evaluations x chains x
+    datapoints: ``compile`` as given, or (None) whether the run reaches `COMPILE_FROM` at the tier
+    of what this machine compiled before; a compile is remembered for the next run's choice."""
+    from pvae.infer.compiled import eval_signature
+    from pvae.util.cache import remember, seen_before
+
+    exact = eval_signature(pair, args, kwargs, k=f"ais|{chains}|{start}")
+    broad = "ais-" + eval_signature(pair)
+    if compile is None:
+        tier = "graph" if seen_before(exact) else "warm" if seen_before(broad) else "cold"
+        compile = work >= COMPILE_FROM[tier]
+
+    def on_compiled():
+        remember(broad)
+        remember(exact)
+
+    return {"compile": bool(compile), "on_compiled": on_compiled}

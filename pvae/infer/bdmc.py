@@ -11,7 +11,7 @@ import time
 import torch
 from pyro import poutine
 
-from pvae.infer.ais import CHAINS, LEAPFROG, STEP_SIZE, STEPS, Target, ais, schedule
+from pvae.infer.ais import CHAINS, LEAPFROG, STEP_SIZE, STEPS, Target, ais, compile_choice, schedule
 from pvae.infer.sites import latent_sites
 from pvae.nn.nets import flush_denormals
 from pvae.util.progress import bar as progress_bar
@@ -37,7 +37,7 @@ def _simulate(pair, inputs, n: int, device):
 
 def bdmc(model, n: int = 100, steps: int = STEPS, *, chains: int = CHAINS, data=None, start: str = "guide",
          leapfrog: int = LEAPFROG, step_size: float = STEP_SIZE, schedule_kind: str = "sigmoid", guide=None, modules=None,
-         seed: int = 0, progress: bool = True, data_plate=None, mass: str = "guide") -> dict:
+         seed: int = 0, progress: bool = True, data_plate=None, mass: str = "guide", compile: bool | None = None) -> dict:
     """Bidirectional Monte Carlo on ``n`` datapoints simulated from the model: forward AIS (a
     stochastic lower bound on log p(x)) and reverse AIS from the exact latents (a stochastic
     upper bound). Returns ``{"lower": (n,), "upper": (n,), "gap": (n,), "x": simulated data,
@@ -45,18 +45,20 @@ def bdmc(model, n: int = 100, steps: int = STEPS, *, chains: int = CHAINS, data=
 
     ``data``: datapoints that give the program's input shape and any other members it takes (a
     conditional program's labels): only where the model has no ``x_shape``; their x values are
-    replaced by the simulated ones, and fewer than ``n`` rows are repeated to ``n`` in turn."""
+    replaced by the simulated ones, and fewer than ``n`` rows are repeated to ``n`` in turn.
+    ``compile``: as in [`ais_log_likelihood`][pvae.infer.ais.ais_log_likelihood] (both directions run one compiled target)."""
     from pvae.infer.inputs import Inputs, arrange
     from pvae.infer.pair import as_pair
     from pvae.infer.program import check_ais, check_density, check_per_datapoint, program_of
     from pvae.util.tensors import device_of
     from pvae.infer.sites import diverged_said
-    from pvae.util.validate import check_memory, check_number, check_positive_int
+    from pvae.util.validate import check_flag, check_memory, check_number, check_positive_int
 
     check_positive_int("n", n)
     check_positive_int("chains", chains)
     check_positive_int("seed", seed, minimum=0)
     check_number("step_size", step_size, low=0, open_low=True)
+    check_flag("compile", compile, allow_none=True)
     pair = as_pair(model, guide, modules)
     device = device_of(pair)
     betas = schedule(steps, schedule_kind)
@@ -89,13 +91,15 @@ def bdmc(model, n: int = 100, steps: int = STEPS, *, chains: int = CHAINS, data=
                      {k: v[:n].to(device) for k, v in template.kwargs.items()}, template.x_key)
         args, kwargs = sim.take(slice(0, n))
         bar = progress_bar(total=2 * (len(betas) - 2), desc="BDMC", progress=progress)
+        compiles = compile_choice(compile, pair, args, kwargs, chains, start, 2 * (len(betas) - 1) * leapfrog * chains * n)
         with poutine.block(), flush_denormals(), diverged_said():
             target = Target(pair, program, args, kwargs, chains)
-            lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar, mass=mass)
+            lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar, mass=mass,
+                          **compiles)
             exact = {name: target.transforms[name].inv(target.at_chains(latents[name], name)).detach()
                      for name, _ in target.sites}
             upper_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, reverse_from=exact,
-                          mass=mass, bar=bar)
+                          mass=mass, bar=bar, **compiles)
         bar.close()
     finally:
         pair.train(was)

@@ -193,7 +193,8 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
     The log-weights stay on the evaluation device and are reduced there; only the per-datapoint
     estimates come back. ``compile``: trace and compile the evaluation pass once per chunk shape
     (None: from `COMPILE_FROM` particles x datapoints on, fewer where this machine compiled the model's
-    pass before; the graphs are kept, and later calls of any size run them).
+    pass before; the graphs are kept, and later calls of any size run them); with ``method="ais"``,
+    compile AIS's target (`pvae.infer.ais_graph.COMPILE_FROM` for None).
     """
     check_flag("with_se", with_se)
     if method == "ais":
@@ -201,7 +202,8 @@ def log_likelihood(model, data, k: int = 5000, *, guide=None, modules=None, batc
 
         return ais_log_likelihood(model, data, steps=steps, chains=chains, start=start, leapfrog=leapfrog,
                                   guide=guide, modules=modules, batch_size=batch_size, progress=progress,
-                                  labels=labels, data_plate=data_plate, with_se=with_se, device=device)
+                                  labels=labels, data_plate=data_plate, with_se=with_se, device=device,
+                                  compile=compile)
     if method != "is":
         raise ValueError(f"method must be 'is' (importance sampling) or 'ais' (annealed), got {method!r}")
     k = check_positive_int("the number of importance samples k", k)
