@@ -25,7 +25,8 @@ import torch
 
 # density evaluations (steps x leapfrog) x chains x datapoints from which AIS compiles its target through
 # inductor by default, by what this machine compiled before: this very graph (inductor's on-disk cache
-# holds it: about 2 s), this model's AIS target at other shapes, never (about 18 s on 2 cores). Compiled,
+# holds it: about 1 s once inductor is imported), this model's AIS target at other shapes, never (about 18 s
+# on 2 cores). Compiled,
 # an evaluation of the IWAE paper's net costs about half what it does traced (the products remain).
 COMPILE_FROM = {"graph": 700_000, "warm": 2_000_000, "cold": 6_000_000}
 
@@ -85,7 +86,7 @@ class TargetGraph:
         from pvae.infer.graphs import one_fake_mode
 
         self.tried = True
-        inputs = [u[n] for n in self.names]
+        inputs = [u[n].contiguous() for n in self.names]  # one graph for draws and expanded starting points
         try:
             traces.TRACING = True
             with warnings.catch_warnings():
@@ -126,7 +127,7 @@ class TargetGraph:
         from pvae.infer.graphs import _rng_state, compile_graph
 
         body, constants = lifted(folded)
-        key = (body.code, tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in constants + inputs))
+        key = (canonical(body), tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in constants + inputs))
         if key not in _KEPT:
             with torch.no_grad():
                 compiled = compile_graph(body, constants + inputs, _rng_state(inputs[0].device), list(expected),
@@ -147,11 +148,22 @@ class TargetGraph:
                 self._trace(u)  # the chains draw what they would have drawn eagerly (product timing draws)
         if self.graph is None:
             return eager_terms(self.target, self.start, u)
-        with torch.no_grad():
-            return tuple(self.graph(*self.constants, *(u[n] for n in self.names)))
+        with torch.no_grad():  # laid out as recorded (an expanded starting point is copied once)
+            return tuple(self.graph(*self.constants, *(u[n].contiguous() for n in self.names)))
 
 
-_KEPT: dict = {}  # (lifted graph's code, input layouts) -> inductor's compiled graph, for this process
+_KEPT: dict = {}  # (lifted graph (`canonical`), input layouts) -> inductor's compiled graph, for this process
+
+
+def canonical(gm) -> str:
+    """A graph's operations and wiring without its node names (two recordings of one program
+    number their nodes differently)."""
+    index = {node: i for i, node in enumerate(gm.graph.nodes)}
+
+    def arg(a):
+        return torch.fx.node.map_arg(a, lambda n: f"%{index[n]}")
+
+    return "\n".join(f"{node.op} {node.target} {arg(node.args)} {arg(node.kwargs)}" for node in gm.graph.nodes)
 
 
 def lifted(folded) -> tuple:
