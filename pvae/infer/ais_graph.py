@@ -180,7 +180,10 @@ def lifted(folded) -> tuple:
     lists = {}  # a get_attr of a list of constants (the folded values) -> one input per entry
 
     def constant(value):
-        constants.append(value.detach())
+        value = value.detach()
+        if value.dim() and value.shape[0] > 1 and value.stride(0) and torch.equal(value, value[:1].expand_as(value)):
+            value = value[:1].expand_as(value)  # the same for every chain: read once, not once per chain
+        constants.append(value)
         return graph.placeholder(f"_constant_{len(constants) - 1}")
 
     for node in nodes:
