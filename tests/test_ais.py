@@ -380,3 +380,35 @@ def test_ais_compiles_by_default_only_where_the_run_pays_for_it(monkeypatch, tmp
     assert compile_choice(True, m, (x,), {}, 16, "guide", 1)["compile"]
     with pytest.raises(TypeError, match="compile must be True or False"):
         pvae.log_likelihood(m, x, method="ais", steps=3, compile="yes", progress=False)
+
+
+def test_a_target_inductor_cannot_compile_runs_traced_and_says_so(monkeypatch):
+    import pvae.infer.ais_graph as ag
+    import pvae.infer.graphs as graphs
+
+    def refuses(graph, inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(ag, "_KEPT", {})
+    monkeypatch.setattr(graphs, "_compile_fx", refuses)
+    m, x = _small_vae()
+    target = Target(m, analyse(m.model, m.guide, (x,), {}), (x,), {}, chains=3)
+    u = target.draw("guide")
+    said, compiled = [], []
+    graph = ag.TargetGraph(target, "guide", say=said.append, compile=True, on_compiled=lambda: compiled.append(1))
+    terms = graph(u)
+    assert graph.traced and not graph.compiled and not compiled and not ag._KEPT
+    assert len(said) == 1 and "AIS's compiled target" in said[0] and "no C++ compiler here" in said[0]
+    for a, b in zip(terms, ag.eager_terms(target, "guide", u)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_default_compiles_ais_only_on_the_cpu_it_was_priced_on(monkeypatch, tmp_path):
+    from pvae.infer.ais_graph import COMPILE_FROM, compile_choice
+
+    monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))
+    m, x = _small_vae()
+    meta = torch.empty(x.shape, device="meta")  # a tensor on another device, without needing one
+    assert compile_choice(None, m, (x,), {}, 16, "guide", COMPILE_FROM["cold"])["compile"]
+    assert not compile_choice(None, m, (meta,), {}, 16, "guide", 100 * COMPILE_FROM["cold"])["compile"]
+    assert compile_choice(True, m, (meta,), {}, 16, "guide", 1)["compile"]

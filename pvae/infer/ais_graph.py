@@ -207,12 +207,17 @@ def lifted(folded) -> tuple:
 def compile_choice(compile, pair, args, kwargs, chains: int, start: str, work: int) -> dict:
     """``ais``'s ``compile`` and ``on_compiled`` for a run of ``work`` evaluations x chains x
     datapoints: ``compile`` as given, or (None) whether the run reaches `COMPILE_FROM` at the tier
-    of what this machine compiled before; a compile is remembered for the next run's choice."""
+    of what this machine compiled before; a compile is remembered for the next run's choice. The
+    thresholds are CPU measurements: on another device None stays traced (``compile=True`` still
+    compiles there)."""
     from pvae.infer.compiled import eval_signature
     from pvae.util.cache import remember, seen_before
 
     exact = eval_signature(pair, args, kwargs, k=f"ais|{chains}|{start}")
     broad = "ais-" + eval_signature(pair)
+    on_cpu = all(t.device.type == "cpu" for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor))
+    if compile is None and not on_cpu:
+        compile = False
     if compile is None:
         tier = "graph" if seen_before(exact) else "warm" if seen_before(broad) else "cold"
         compile = work >= COMPILE_FROM[tier]
