@@ -1,0 +1,74 @@
+"""Where the first compiled step's time goes: a timeline of inductor's phases, measured in one run.
+
+    python benchmarks/bench_compile.py                   # inductor's caches as this machine has them
+    python benchmarks/bench_compile.py --cold            # a fresh inductor cache: a machine's first compile
+    python benchmarks/bench_compile.py --hidden 317      # a net this machine has not compiled (new kernels)
+    python benchmarks/bench_compile.py --objective iwae:k=50
+
+`pvae.fit(..., compile="step")` on 1,000 Fashion-MNIST images, batch 100, two epochs, with pvae's
+own records in a fresh ``PVAE_CACHE_DIR``. Prints, from the start of the run, when each phase
+began and ended (pvae's recording and product choice, inductor's AOT autograd, lowering,
+scheduler, code generation, every C++ build: "check" for inductor's instruction-set test programs,
+"kernel" for a kernel), then the compile's cost: epoch 1 minus epoch 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import tempfile
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cold", action="store_true", help="a fresh TORCHINDUCTOR_CACHE_DIR")
+    ap.add_argument("--hidden", type=int, default=200, help="the width of both hidden layers (the IWAE net: 200)")
+    ap.add_argument("--objective", default="elbo")
+    args = ap.parse_args()
+    os.environ["PVAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="pvae-cache-")
+    if args.cold:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+    import pvae
+    import pvae.infer.graphs as graphs
+    import pvae.infer.matmul as matmul
+    from torch._functorch._aot_autograd import graph_compile
+    from torch._inductor import compile_fx, cpp_builder
+    from torch._inductor import graph as lowering
+    from torch._inductor import scheduler
+
+    start = [time.perf_counter()]
+
+    def timed(owner, name, label):
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            t0 = time.perf_counter() - start[0]
+            try:
+                return fn(*a, **k)
+            finally:
+                what = label if label != "g++" else ("kernel" if "-include" in str(a[0]) else "check")
+                print(f"{what:>28} {t0:7.2f} -> {time.perf_counter() - start[0]:7.2f} s", flush=True)
+        setattr(owner, name, wrapper)
+
+    for owner, name, label in ((graphs, "record", "recording (make_fx)"), (matmul, "use_fastest_matmuls", "product choice"),
+                               (compile_fx, "compile_fx", "inductor (all of it)"),
+                               (graph_compile, "aot_stage2_compile", "after AOT autograd"),
+                               (lowering.GraphLowering, "run", "lowering"),
+                               (scheduler.Scheduler, "__init__", "scheduler"),
+                               (lowering.GraphLowering, "codegen", "code generation"),
+                               (cpp_builder, "_run_compile_cmd", "g++")):
+        timed(owner, name, label)
+    x = pvae.load_dataset("fashion-mnist-sample", "train").x.reshape(-1, 784)[:1000]
+    model = pvae.VAE(x_shape=(784,), latent_dim=50, hidden=(args.hidden, args.hidden), activation="tanh")
+    start[0] = time.perf_counter()
+    history = pvae.fit(model, x, objective=args.objective, epochs=2, batch_size=100, compile="step", progress=False)
+    seconds = history.column("seconds")
+    print(f"the first compiled step's extra cost: {seconds[0] - seconds[1]:.2f} s (epoch 1 {seconds[0]:.2f} s, "
+          f"epoch 2 {seconds[1]:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
