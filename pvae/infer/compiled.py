@@ -44,6 +44,7 @@ from pvae.infer.graphs import (
     _unflatten,
     compile_graph,
     cuda_capture,
+    one_fake_mode,
     record,
 )
 from pvae.infer.iwae import ImportanceWeightedELBO
@@ -217,7 +218,8 @@ class CompiledStep:
         _set_rng_state(state)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            recorded = make_fx(step)(*check)
+            with one_fake_mode():  # one mode for every node's shapes, as in `record`
+                recorded = make_fx(step)(*check)
         check = [t.clone() for t in full]
         _set_rng_state(state)
         expected = list(recorded(*check)) + check  # outputs, then every input as the step leaves it
