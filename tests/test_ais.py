@@ -386,7 +386,10 @@ def test_a_target_inductor_cannot_compile_runs_traced_and_says_so(monkeypatch):
     import pvae.infer.ais_graph as ag
     import pvae.infer.graphs as graphs
 
+    tries = []
+
     def refuses(graph, inputs):
+        tries.append(1)
         raise RuntimeError("no C++ compiler here")
 
     monkeypatch.setattr(ag, "_KEPT", {})
@@ -397,10 +400,17 @@ def test_a_target_inductor_cannot_compile_runs_traced_and_says_so(monkeypatch):
     said, compiled = [], []
     graph = ag.TargetGraph(target, "guide", say=said.append, compile=True, on_compiled=lambda: compiled.append(1))
     terms = graph(u)
-    assert graph.traced and not graph.compiled and not compiled and not ag._KEPT
+    assert graph.traced and not graph.compiled and not compiled and list(ag._KEPT.values()) == [None]
     assert len(said) == 1 and "AIS's compiled target" in said[0] and "no C++ compiler here" in said[0]
     for a, b in zip(terms, ag.eager_terms(target, "guide", u)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    attempts = len(tries)
+    later = Target(m, target.program, (1.0 - x,), {}, chains=3)  # the next batch: no second attempt, nothing said
+    graph = ag.TargetGraph(later, "guide", say=said.append, compile=True)
+    v = later.draw("guide")
+    for a, b in zip(graph(v), ag.eager_terms(later, "guide", v)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert graph.traced and not graph.compiled and len(tries) == attempts and len(said) == 1
 
 
 def test_the_default_compiles_ais_only_on_the_cpu_it_was_priced_on(monkeypatch, tmp_path):

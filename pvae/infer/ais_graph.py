@@ -132,14 +132,13 @@ class TargetGraph:
             with torch.no_grad():
                 compiled = compile_graph(body, constants + inputs, _rng_state(inputs[0].device), list(expected),
                                          say=self.say, what="AIS's compiled target")
-            if compiled is body:  # did not compile (said): the folded graph runs uncompiled
-                return
             while len(_KEPT) >= 8:
                 _KEPT.pop(next(iter(_KEPT)))
-            _KEPT[key] = compiled
-            if self.on_compiled is not None:
+            _KEPT[key] = None if compiled is body else compiled  # None: it did not compile (said once)
+            if compiled is not body and self.on_compiled is not None:
                 self.on_compiled()
-        self.graph, self.constants, self.compiled = _KEPT[key], tuple(constants), True
+        if _KEPT[key] is not None:  # else the folded graph runs uncompiled, as for every later batch
+            self.graph, self.constants, self.compiled = _KEPT[key], tuple(constants), True
 
     def __call__(self, u: dict) -> tuple:
         if not self.tried:
@@ -152,7 +151,8 @@ class TargetGraph:
             return tuple(self.graph(*self.constants, *(u[n].contiguous() for n in self.names)))
 
 
-_KEPT: dict = {}  # (lifted graph (`canonical`), input layouts) -> inductor's compiled graph, for this process
+_KEPT: dict = {}  # (lifted graph (`canonical`), input layouts) -> inductor's compiled graph (None: it would
+# not compile), for this process
 
 
 def canonical(gm) -> str:
