@@ -287,7 +287,8 @@ def ais(target: Target, betas: torch.Tensor, *, start: str = "guide", leapfrog: 
     step = None
     if compiled is None:
         compiled = (len(betas) - 1) * leapfrog >= TRACE_FROM
-    terms = TargetGraph(target, start, compile=compile, on_compiled=on_compiled) if compiled or compile else (lambda v: eager_terms(target, start, v))
+    terms = (TargetGraph(target, start, compile=compile, on_compiled=on_compiled) if compiled or compile
+             else (lambda v: eager_terms(target, start, v)))
     names = [n for n, _ in target.sites]
     cur = None  # the terms at u: each evaluation serves every temperature (pvae.infer.ais_graph.tempered)
 
@@ -357,9 +358,8 @@ def ais_log_likelihood(model, data, *, steps: int = STEPS, chains: int = CHAINS,
     NaN for one chain). It measures the estimate's spread from run to run, not the bias a short
     schedule leaves (AIS stays a stochastic lower bound; `bdmc` bounds that bias). ``device``: where
     it runs, which must hold the model's parameters (None: where they are). ``compile``: run the
-    traced target through inductor (one compile per batch shape, kept for the process; a program
-    inductor cannot compile runs traced, said in one line); None: where the run is long enough to
-    pay for it (`pvae.infer.ais_graph.COMPILE_FROM`)."""
+    traced target through inductor (one compile per batch shape, kept for the process; one that will
+    not compile runs traced, said once); None: where the run pays for it (`pvae.infer.ais_graph.COMPILE_FROM`)."""
     from pvae.util.validate import check_flag, check_memory, check_number, check_positive_int
 
     check_positive_int("chains", chains)

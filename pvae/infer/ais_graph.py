@@ -211,7 +211,7 @@ def compile_choice(compile, pair, args, kwargs, chains: int, start: str, work: i
     thresholds are CPU measurements: on another device None stays traced (``compile=True`` still
     compiles there)."""
     from pvae.infer.compiled import eval_signature
-    from pvae.util.cache import remember, seen_before
+    from pvae.util.cache import compile_tier, remember
 
     exact = eval_signature(pair, args, kwargs, k=f"ais|{chains}|{start}")
     broad = "ais-" + eval_signature(pair)
@@ -219,8 +219,7 @@ def compile_choice(compile, pair, args, kwargs, chains: int, start: str, work: i
     if compile is None and not on_cpu:
         compile = False
     if compile is None:
-        tier = "graph" if seen_before(exact) else "warm" if seen_before(broad) else "cold"
-        compile = work >= COMPILE_FROM[tier]
+        compile = work >= COMPILE_FROM[compile_tier(exact, broad)]
 
     def on_compiled():
         remember(broad)

@@ -91,7 +91,8 @@ def bdmc(model, n: int = 100, steps: int = STEPS, *, chains: int = CHAINS, data=
                      {k: v[:n].to(device) for k, v in template.kwargs.items()}, template.x_key)
         args, kwargs = sim.take(slice(0, n))
         bar = progress_bar(total=2 * (len(betas) - 2), desc="BDMC", progress=progress)
-        compiles = compile_choice(compile, pair, args, kwargs, chains, start, 2 * (len(betas) - 1) * leapfrog * chains * n)
+        compiles = compile_choice(compile, pair, args, kwargs, chains, start,
+                                  2 * (len(betas) - 1) * leapfrog * chains * n)  # both directions
         with poutine.block(), flush_denormals(), diverged_said():
             target = Target(pair, program, args, kwargs, chains)
             lower_w = ais(target, betas, start=start, leapfrog=leapfrog, step_size=step_size, bar=bar, mass=mass,

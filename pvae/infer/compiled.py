@@ -370,10 +370,11 @@ class CompiledTerms:
         return None if graph is None else graph(*inputs)
 
 
-def eval_signature(pair, args=None, kwargs=None, k: int | None = None) -> str:
+def eval_signature(pair, args=None, kwargs=None, k: int | str | None = None) -> str:
     """What makes two evaluations compile the same graphs: the module's structure and torch's version
-    (with ``args``, ``kwargs`` and ``k``: and one pass's particles and input shapes, the exact graph,
-    which inductor's on-disk cache then holds)."""
+    (with ``args``, ``kwargs`` and ``k``: and one pass's input shapes and particles, or whatever else
+    ``k`` names that shapes the graph (AIS: its chains and start), the exact graph, which inductor's
+    on-disk cache then holds)."""
     import hashlib
 
     text = f"{type(pair).__qualname__}|{pair!r}|{torch.__version__}"

@@ -36,7 +36,7 @@ from pvae.infer.sites import Program, invalid_parameters
 from pvae.infer.traces import fix_globals
 from pvae.infer.weights import ess, mc_standard_error, standard_error  # noqa: F401 (pvae's public names)
 from pvae.nn.nets import flush_denormals
-from pvae.util.cache import seen_before
+from pvae.util.cache import compile_tier
 from pvae.util.progress import bar as progress_bar
 from pvae.util.tensors import eval_device
 from pvae.util.validate import check_flag, check_positive_int
@@ -162,8 +162,7 @@ def _compiled_terms(pair, program, fixed, compile, work: int, first_pass: tuple)
         return None
     cached = _COMPILED.get(pair)
     cached = cached if cached is not None and cached.program is program else None
-    if compile is None and work < COMPILE_FROM["graph" if seen_before(eval_signature(pair, *first_pass)) else
-                                               "warm" if seen_before(eval_signature(pair)) else "cold"]:
+    if compile is None and work < COMPILE_FROM[compile_tier(eval_signature(pair, *first_pass), eval_signature(pair))]:
         # too little work to pay for a compile: only graphs already compiled for this pair run
         return functools.partial(cached, compile_new=False) if cached is not None and any(cached.graphs.values()) else None
     if cached is None:

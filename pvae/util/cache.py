@@ -67,6 +67,15 @@ def seen_before(signature: str | None, record: str = COMPILED) -> bool:
     return isinstance(seen, list) and signature in seen
 
 
+def compile_tier(exact: str, broad: str) -> str:
+    """Which ``COMPILE_FROM`` threshold prices a compile here: ``"graph"`` where this machine compiled
+    this very graph before (signature ``exact``), ``"warm"`` where it compiled its kin (``broad``: the
+    same net at other shapes), else ``"cold"``. One read of the record."""
+    seen = read_record(COMPILED)
+    seen = seen if isinstance(seen, list) else []
+    return "graph" if exact in seen else "warm" if broad in seen else "cold"
+
+
 def slower_here(signature: str | None) -> bool:
     """Whether the compiled form of this step was measured slower than its eager form here."""
     return seen_before(signature, SLOWER)
