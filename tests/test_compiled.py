@@ -691,3 +691,60 @@ def test_inductor_takes_the_cpus_vector_instructions_as_reported_and_falls_back_
     with pytest.raises(NotImplementedError):  # another failure is not the vector instructions: no second try
         _trusting_the_cpu(lowering_fails)
     assert seen == [True]
+
+
+def test_inductor_keeps_its_caches_beside_pvae_records_unless_the_user_chose_a_folder(monkeypatch, tmp_path):
+    import os
+
+    from torch._inductor import codecache
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    import pvae.infer.graphs as graphs
+    from pvae.util import cache
+
+    monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    where = cache.inductor_dir()
+    assert where.parent == tmp_path and where.name.startswith("inductor-")
+    headers = codecache._HEADER_DIR
+    seen = []
+    monkeypatch.setattr(graphs, "_inductor", lambda graph, inputs: seen.append(
+        (os.environ.get("TORCHINDUCTOR_CACHE_DIR"), codecache._HEADER_DIR)) or "compiled")
+    assert graphs._compile_fx(None, []) == "compiled"  # every pvae compile goes through it
+    assert seen == [(str(where), str(where / "precompiled_headers"))] and where.is_dir()
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and codecache._HEADER_DIR == headers  # as it was
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # inductor's own setting: no choice
+    assert cache.inductor_dir() == where
+    with cache.inductor_caches():
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(where)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default_cache_dir()
+
+    mine = str(tmp_path / "mine")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", mine)  # the user's choice stands
+    assert cache.inductor_dir() is None and cache.compiled_record() == cache.COMPILED
+    with cache.inductor_caches():
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == mine and codecache._HEADER_DIR == headers
+    monkeypatch.setenv("PVAE_CACHE_DIR", "")  # records off: inductor's default
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert cache.inductor_dir() is None
+
+
+def test_a_compile_record_never_outlives_the_inductor_caches_it_speaks_of(monkeypatch, tmp_path):
+    import shutil
+
+    from pvae.util import cache
+
+    monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cache.write_record(cache.COMPILED, ["sig"])  # an older pvae's record, of caches in /tmp
+    assert not cache.seen_before("sig") and cache.compile_tier("sig", "kin") == "cold"
+    cache.remember("sig")  # no caches of pvae's yet: nothing to speak of
+    assert not cache.seen_before("sig")
+    with cache.inductor_caches():  # what a compile does
+        pass
+    cache.remember("sig")
+    assert cache.seen_before("sig") and cache.compile_tier("sig", "kin") == "graph"
+    assert cache.compile_tier("other", "sig") == "warm"
+    shutil.rmtree(cache.inductor_dir())  # the user cleared inductor's caches: cold again
+    assert not cache.seen_before("sig") and cache.compile_tier("sig", "kin") == "cold"

@@ -142,6 +142,15 @@ def compile_graph(graph, inputs, state, expected, say=print, what: str = "compil
 
 
 def _compile_fx(graph, inputs):
+    """inductor's compile of ``graph`` for ``inputs`` (its caches where pvae keeps them:
+    `pvae.util.cache.inductor_caches`)."""
+    from pvae.util.cache import inductor_caches
+
+    with inductor_caches():
+        return _inductor(graph, inputs)
+
+
+def _inductor(graph, inputs):
     import logging
 
     quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on every CPU machine
