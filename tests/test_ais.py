@@ -385,6 +385,7 @@ def test_ais_compiles_by_default_only_where_the_run_pays_for_it(monkeypatch, tmp
 def test_a_target_inductor_cannot_compile_runs_traced_and_says_so(monkeypatch):
     import pvae.infer.ais_graph as ag
     import pvae.infer.graphs as graphs
+    from pvae.infer import matmul
 
     tries = []
 
@@ -392,8 +393,12 @@ def test_a_target_inductor_cannot_compile_runs_traced_and_says_so(monkeypatch):
         tries.append(1)
         raise RuntimeError("no C++ compiler here")
 
+    def on_onednn(graph):  # the traced fallback takes the product choice a compiled graph would have had
+        return any(getattr(n.target, "__name__", "").startswith("_linear_pointwise") for n in graph.graph.nodes)
+
     monkeypatch.setattr(ag, "_KEPT", {})
     monkeypatch.setattr(graphs, "_compile_fx", refuses)
+    monkeypatch.setattr(matmul, "fastest", lambda *a, **k: "onednn")  # as on a CPU where oneDNN wins
     m, x = _small_vae()
     target = Target(m, analyse(m.model, m.guide, (x,), {}), (x,), {}, chains=3)
     u = target.draw("guide")
@@ -402,6 +407,7 @@ def test_a_target_inductor_cannot_compile_runs_traced_and_says_so(monkeypatch):
     terms = graph(u)
     assert graph.traced and not graph.compiled and not compiled and list(ag._KEPT.values()) == [None]
     assert len(said) == 1 and "AIS's compiled target" in said[0] and "no C++ compiler here" in said[0]
+    assert on_onednn(graph.graph) == matmul.available()
     for a, b in zip(terms, ag.eager_terms(target, "guide", u)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     attempts = len(tries)
@@ -411,6 +417,7 @@ def test_a_target_inductor_cannot_compile_runs_traced_and_says_so(monkeypatch):
     for a, b in zip(graph(v), ag.eager_terms(later, "guide", v)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert graph.traced and not graph.compiled and len(tries) == attempts and len(said) == 1
+    assert on_onednn(graph.graph) == matmul.available()
 
 
 def test_the_default_compiles_ais_only_on_the_cpu_it_was_priced_on(monkeypatch, tmp_path):

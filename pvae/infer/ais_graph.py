@@ -103,8 +103,9 @@ class TargetGraph:
         if drawn is not None:
             self.say(f"AIS runs its target eagerly: the program draws random numbers inside it ({drawn})")
             return
+        plain = graph  # compile_graph makes its own product choice
         if inputs[0].device.type == "cpu" and not self.compile:  # products on the faster of MKL and oneDNN,
-            from pvae.infer.matmul import use_fastest_matmuls  # as compiled graphs do (compile_graph: its own)
+            from pvae.infer.matmul import use_fastest_matmuls  # as compiled graphs have them
 
             use_fastest_matmuls(graph)
         with warnings.catch_warnings():
@@ -119,12 +120,19 @@ class TargetGraph:
             return
         self.graph, self.traced = folded, True
         if self.compile:
-            self._compile(folded, inputs, got)
+            self._compile(folded, inputs, got, plain)
 
-    def _compile(self, folded, inputs, expected) -> None:
+    def _compile(self, folded, inputs, expected, plain) -> None:
         """The folded graph through inductor, its folded constants passed in as inputs (`lifted`),
-        so that every batch of one shape runs one compiled graph; kept per process in `_KEPT`."""
+        so that every batch of one shape runs one compiled graph; kept per process in `_KEPT`.
+        Where it would not compile, the traced graph (``plain``, unfolded) runs with its products
+        on the faster library, as it does when no compile is asked for."""
+        import copy
+
+        from torch.fx.experimental.const_fold import split_const_subgraphs
+
         from pvae.infer.graphs import _rng_state, compile_graph
+        from pvae.infer.matmul import use_fastest_matmuls
 
         body, constants = lifted(folded)
         key = (canonical(body), tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in constants + inputs))
@@ -137,8 +145,14 @@ class TargetGraph:
             _KEPT[key] = None if compiled is body else compiled  # None: it did not compile (said once)
             if compiled is not body and self.on_compiled is not None:
                 self.on_compiled()
-        if _KEPT[key] is not None:  # else the folded graph runs uncompiled, as for every later batch
+        if _KEPT[key] is not None:
             self.graph, self.constants, self.compiled = _KEPT[key], tuple(constants), True
+        elif inputs[0].device.type == "cpu":  # it runs traced, as for every later batch of its shape
+            fast = copy.deepcopy(plain)
+            if use_fastest_matmuls(fast):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.graph = split_const_subgraphs(fast)
 
     def __call__(self, u: dict) -> tuple:
         if not self.tried:
