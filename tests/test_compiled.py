@@ -748,3 +748,59 @@ def test_a_compile_record_never_outlives_the_inductor_caches_it_speaks_of(monkey
     assert cache.compile_tier("other", "sig") == "warm"
     shutil.rmtree(cache.inductor_dir())  # the user cleared inductor's caches: cold again
     assert not cache.seen_before("sig") and cache.compile_tier("sig", "kin") == "cold"
+
+
+def test_a_graphs_kernels_build_together_and_compute_what_the_recording_computes(monkeypatch):
+    from torch._inductor import config as inductor_config
+    from torch._inductor.async_compile import get_compile_threads
+    from torch._inductor.codecache import CppPythonBindingsCodeCache as Cache
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    import pvae.infer.graphs as graphs
+
+    if get_compile_threads() <= 1:
+        pytest.skip("inductor compiles one kernel at a time here: nothing is batched")
+    builds = []
+    real = Cache.load_async.__func__
+
+    def counted(cls, main_code, *a, **k):
+        builds.append(main_code.count("namespace pvae_kernel_"))
+        return real(cls, main_code, *a, **k)
+
+    monkeypatch.setattr(Cache, "load_async", classmethod(counted))
+
+    def f(a, w):  # a product between elementwise work: several fused kernels
+        h = torch.tanh(a * 2.0 + 1.0) @ w
+        return torch.sigmoid(h).sum(0), (h.exp() - h).mean(1)
+
+    a, w = torch.randn(30, 20), torch.randn(20, 10)
+    graph = make_fx(f)(a, w)
+    with inductor_config.patch(force_disable_caches=True):  # compiled afresh: its kernels are asked for
+        compiled = graphs._compile_fx(graph, [a, w])
+    got, want = compiled(a, w), f(a, w)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y)
+    assert builds and all(n >= 1 for n in builds) and len(builds) <= 2 and sum(builds) >= 2, builds
+
+
+def test_a_kernel_batch_builds_one_by_one_what_it_does_not_recognise():
+    from pvae.infer import cpp_kernels
+
+    one_by_one = []
+    batch = cpp_kernels._Batch(lambda argtypes, source: one_by_one.append(source) or (lambda *a: source),
+                               submit=None, parts=2)
+    futures = [batch.add(["float*"], "void kernel(float* out) {}"),  # no extern "C" entry point
+               batch.add(["float*"], 'extern "C" void other(float* out) {}')]
+    assert [f.result()() for f in futures] == ["void kernel(float* out) {}", 'extern "C" void other(float* out) {}']
+    assert len(one_by_one) == 2
+    groups = cpp_kernels._parts([(0, [], "a" * 50), (1, [], "b" * 10), (2, [], "c" * 45), (3, [], "d")], 2)
+    assert sorted(map(len, groups)) == [2, 2] and sorted(i for g in groups for i, _, _ in g) == [0, 1, 2, 3]
+    template = ('static PyObject* {entry_func}_py(PyObject* self, PyObject* args) {{ {call_entry_func} }}\n'
+                'static PyMethodDef py_methods[] = {{ {{"{entry_func}", {entry_func}_py, METH_VARARGS, ""}}, }};'
+                '{arg_len}{extra_parse_arg}')
+    text = cpp_kernels.combined_source([(0, ["float*"], '#include <x.h>\nextern "C" void kernel(float* p) {}'),
+                                        (3, ["const float*", "long"], '#include <x.h>\nextern "C" void kernel() {}')],
+                                       template)
+    assert text.count("#include <x.h>") == 1 and 'extern "C"' not in text
+    assert "pvae_kernel_3::kernel(parse_arg<float*>(args, 0), parse_arg<long>(args, 1))" in text
+    assert '{"kernel_0", kernel_0_py' in text and '{"kernel_3", kernel_3_py' in text

@@ -142,11 +142,14 @@ def compile_graph(graph, inputs, state, expected, say=print, what: str = "compil
 
 
 def _compile_fx(graph, inputs):
-    """inductor's compile of ``graph`` for ``inputs`` (its caches where pvae keeps them:
-    `pvae.util.cache.inductor_caches`)."""
+    """inductor's compile of ``graph`` for ``inputs``: its caches where pvae keeps them
+    (`pvae.util.cache.inductor_caches`), and on the CPU its C++ kernels built together
+    ([`pvae.infer.cpp_kernels`][pvae.infer.cpp_kernels])."""
+    from pvae.infer.cpp_kernels import batched_kernels
     from pvae.util.cache import inductor_caches
 
-    with inductor_caches():
+    on_cpu = all(t.device.type == "cpu" for t in inputs if isinstance(t, torch.Tensor))
+    with inductor_caches(), batched_kernels() if on_cpu else contextlib.nullcontext():
         return _inductor(graph, inputs)
 
 
