@@ -804,3 +804,37 @@ def test_a_kernel_batch_builds_one_by_one_what_it_does_not_recognise():
     assert text.count("#include <x.h>") == 1 and 'extern "C"' not in text
     assert "pvae_kernel_3::kernel(parse_arg<float*>(args, 0), parse_arg<long>(args, 1))" in text
     assert '{"kernel_0", kernel_0_py' in text and '{"kernel_3", kernel_3_py' in text
+
+
+def test_large_cpu_buffers_are_reused_not_faulted_in_afresh_once_pvae_has_run():
+    import resource
+
+    from pvae.util import memory
+
+    if memory.user_choice() is not None:
+        pytest.skip(f"malloc is the user's here ({memory.user_choice()})")
+    pvae.fit(vae(), X, epochs=1, batch_size=10, progress=False, compile=False)  # pvae's CPU work fixes it
+    if not memory.keep_buffers():
+        pytest.skip("not glibc")
+
+    def cycle():  # an IWAE step's pattern: several buffers of 16 MB, written, then freed
+        buffers = [torch.empty(4_000_000).fill_(1.0) for _ in range(4)]
+        del buffers
+
+    cycle()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        cycle()
+    per_cycle = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+    assert per_cycle < 0.1 * 4 * 4_000_000 * 4 / 4096, per_cycle  # glibc's defaults: about 22% of the pages
+
+
+def test_pvae_leaves_malloc_to_a_user_who_tuned_it():
+    from pvae.util.memory import user_choice
+
+    assert user_choice({}) is None
+    assert user_choice({"PVAE_MALLOC": "off"}) == "PVAE_MALLOC"
+    assert user_choice({"MALLOC_TRIM_THRESHOLD_": "0"}) == "MALLOC_TRIM_THRESHOLD_"
+    assert user_choice({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1"}) == "GLIBC_TUNABLES"
+    assert user_choice({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}) is None
+    assert user_choice({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == "LD_PRELOAD"

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pvae.util.denormals import set_flush_denormal
+from pvae.util.memory import keep_buffers
 
 ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -69,7 +70,10 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @contextlib.contextmanager
 def flush_denormals():
     """Denormal floats flushed to zero inside the block (CPU), the previous setting restored after:
-    tiny values (late in training, AIS step sizes) otherwise slow CPU arithmetic many-fold."""
+    tiny values (late in training, AIS step sizes) otherwise slow CPU arithmetic many-fold. Every
+    pvae computation on the CPU passes here, so it also fixes glibc's malloc thresholds for the
+    process (`pvae.util.memory.keep_buffers`)."""
+    keep_buffers()
     was = float(torch.tensor([1e-39]) * 1.0) == 0.0  # already flushing (torch has no getter)
     ok, _ = set_flush_denormal(True)  # on torch's worker threads too (see pvae.util.denormals)
     try:

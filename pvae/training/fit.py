@@ -32,6 +32,7 @@ from pvae.infer.program import analyse, store_params, untrained_leaves
 from pvae.infer.rows import refuse_minibatches
 from pvae.infer.sites import kept_state
 from pvae.nn.nets import accelerate, flush_denormals
+from pvae.util.memory import keep_buffers
 from pvae.training.callbacks import checked
 from pvae.training.checkpoint import (
     BEST,
@@ -252,6 +253,8 @@ def _fit(model, train, s: FitSettings, *, guide, modules, device, test, labels, 
     elif run_dir is not None:
         run.run_dir = Path(run_dir)
     lock = RunLock(run.run_dir) if run.run_dir is not None and ctx.main else contextlib.nullcontext()
+    if device.type == "cpu":
+        keep_buffers()  # large buffers reused, not faulted in afresh each step (pvae.util.memory)
     denormals = flush_denormals() if s.flush_denormal and device.type == "cpu" else contextlib.nullcontext()
     with lock, denormals:
         _fit_epochs(run, s)
