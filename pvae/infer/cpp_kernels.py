@@ -89,7 +89,7 @@ class _Batch:
     def __init__(self, compile_one, submit, parts: int):
         self.compile_one, self.submit, self.parts = compile_one, submit, parts
         self.kernels: list = []  # (index, argtypes, source)
-        self.built: dict | None = None  # index -> the kernel's Python callable
+        self.built: dict = {}  # index -> the kernel's Python callable
 
     def add(self, argtypes, source):
         from torch._inductor.codecache import LambdaFuture
@@ -99,15 +99,14 @@ class _Batch:
         return LambdaFuture(lambda: self._kernel(index))
 
     def _kernel(self, index):
-        if self.built is None or index not in self.built:
+        if index not in self.built:
             self._build()
         return self.built[index]
 
     def _build(self) -> None:
         from torch._inductor.codecache import CppPythonBindingsCodeCache as Cache
 
-        todo = [k for k in self.kernels if self.built is None or k[0] not in self.built]
-        self.built = self.built or {}
+        todo = [k for k in self.kernels if k[0] not in self.built]
         try:
             groups = _parts(todo, self.parts)
             loads = [(group, Cache.load_async(combined_source(group, Cache.suffix_template), "cpu",
@@ -144,8 +143,7 @@ def batched_kernels(parts: int | None = None):
     def cpp_pybinding(self, argtypes, source_code):
         batch = self.__dict__.get("_pvae_batch")
         if batch is None:
-            batch = self._pvae_batch = _Batch(lambda a, s: CppPythonBindingsCodeCache.load_pybinding(a, s),
-                                              self.submit, parts)
+            batch = self._pvae_batch = _Batch(CppPythonBindingsCodeCache.load_pybinding, self.submit, parts)
         return batch.add(argtypes, source_code)
 
     AsyncCompile.cpp_pybinding = cpp_pybinding
