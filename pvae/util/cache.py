@@ -17,6 +17,7 @@ the user chose ``$TORCHINDUCTOR_CACHE_DIR``; a record of what compiled is kept p
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +34,9 @@ def cache_dir() -> Path | None:
     return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pvae"
 
 
+@functools.cache
 def _cpu() -> str:
+    """The CPU's model name (read once per process: every compile decision and record asks)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
