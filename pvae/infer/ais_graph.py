@@ -79,7 +79,6 @@ class TargetGraph:
         return eager_terms(self.target, self.start, dict(zip(self.names, u)))
 
     def _trace(self, u: dict) -> None:
-        from torch.fx.experimental.const_fold import split_const_subgraphs
         from torch.fx.experimental.proxy_tensor import make_fx
 
         from pvae.infer import traces
@@ -108,9 +107,7 @@ class TargetGraph:
             from pvae.infer.matmul import use_fastest_matmuls  # as compiled graphs have them
 
             use_fastest_matmuls(graph)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            folded = split_const_subgraphs(graph)
+        folded = _fold(graph)
         with torch.no_grad():
             got = folded(*inputs)
         want = self._flat(*inputs)
@@ -128,8 +125,6 @@ class TargetGraph:
         Where it would not compile, the traced graph (``plain``, unfolded) runs with its products
         on the faster library, as it does when no compile is asked for."""
         import copy
-
-        from torch.fx.experimental.const_fold import split_const_subgraphs
 
         from pvae.infer.graphs import _rng_state, compile_graph
         from pvae.infer.matmul import use_fastest_matmuls
@@ -150,9 +145,7 @@ class TargetGraph:
         elif inputs[0].device.type == "cpu":  # it runs traced, as for every later batch of its shape
             fast = copy.deepcopy(plain)
             if use_fastest_matmuls(fast):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.graph = split_const_subgraphs(fast)
+                self.graph = _fold(fast)
 
     def __call__(self, u: dict) -> tuple:
         if not self.tried:
@@ -163,6 +156,15 @@ class TargetGraph:
             return eager_terms(self.target, self.start, u)
         with torch.no_grad():  # laid out as recorded (an expanded starting point is copied once)
             return tuple(self.graph(*self.constants, *(u[n].contiguous() for n in self.names)))
+
+
+def _fold(graph):
+    """``graph`` with everything that does not depend on its inputs computed once, as constants."""
+    from torch.fx.experimental.const_fold import split_const_subgraphs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return split_const_subgraphs(graph)
 
 
 _KEPT: dict = {}  # (lifted graph (`canonical`), input layouts) -> inductor's compiled graph (None: it would
