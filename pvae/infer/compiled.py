@@ -47,6 +47,7 @@ from pvae.infer.graphs import (
     one_fake_mode,
     record,
 )
+from pvae.data.draws import bernoulli
 from pvae.infer.iwae import ImportanceWeightedELBO
 from pvae.util.cache import remember
 
@@ -83,7 +84,9 @@ class CompiledStep:
     False."""
 
     def __init__(self, pair, elbo, params, fallback, compile_graph: bool = True, say=print, optimizer=None,
-                 clip_grad: float | None = None, capture: bool | None = None, capture_backend=None, on_compiled=None):
+                 clip_grad: float | None = None, capture: bool | None = None, capture_backend=None, on_compiled=None,
+                 draws=None):
+        self.draws = draws  # dynamic binarization (`pvae.data.draws.DynamicDraws`): drawn inside the graph
         self.pair, self.params, self.fallback, self.compile_graph, self.say = pair, params, fallback, compile_graph, say
         self.on_compiled = on_compiled  # called once a graph has compiled (fit remembers it: the next compile is warm)
         self.elbo = traceable(elbo)
@@ -103,24 +106,33 @@ class CompiledStep:
         if self.blocked:
             say(f"compile='step': the step stays eager: {self.blocked}")
 
-    def _loss_and_grads(self, *flat, spec):
-        """The recorded function: ``(*params, *inputs) -> (loss, |grad|^2, *grads)``."""
-        params = list(flat[:len(self.params)])
-        args, kwargs = _unflatten(flat[len(self.params):], spec)
+    #: the caller passes the grey batch ``draws.x`` and this step binarizes it (`DynamicDraws`)
+    draws_inside = property(lambda self: self.draws is not None)
+
+    def _loss_and_grads(self, *flat, spec, at=None):
+        """The recorded function: ``(*params, *inputs) -> (loss, |grad|^2, *grads)``; with ``at``, the
+        first input is the draws' start and input ``at`` the grey batch, binarized here."""
+        params, tensors = list(flat[:len(self.params)]), list(flat[len(self.params):])
+        if at is not None:
+            start, tensors = tensors[0], tensors[1:]
+            tensors[at] = bernoulli(tensors[at], start)
+        args, kwargs = _unflatten(tensors, spec)
         with _reparametrize_module(self.pair, dict(zip(self.names, params))), pyro.validation_enabled(False):
             loss = self.elbo.differentiable_loss(self.pair.model, self.pair.guide, *args, **kwargs)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
         return (loss, sum((g * g).sum() for g in grads), *grads)
 
-    def _build(self, args, kwargs):
+    def _build(self, args, kwargs, at=None):
         tensors, spec = _flatten(args, kwargs)
+        if at is not None:
+            tensors = [self.draws.start] + tensors
         live = [p.detach().requires_grad_() for p in self.params]
         inputs = [p.detach() for p in self.params] + list(tensors)
         buffers = [b.detach().clone() for b in self.pair.buffers()]
         before = python_state(self.pair)
         said: list = []  # said after the buffer check, which explains a differing recording first
-        recorded = record(lambda *flat: self._loss_and_grads(*flat, spec=spec), live + list(tensors), inputs,
+        recorded = record(lambda *flat: self._loss_and_grads(*flat, spec=spec, at=at), live + list(tensors), inputs,
                           said.append, "compile='step': the step stays eager")
         moved = [b for b, was in zip(self.pair.buffers(), buffers) if not torch.equal(b, was)]
         with torch.no_grad():
@@ -244,21 +256,28 @@ class CompiledStep:
             self.say(f"compile='step': the step runs eager from now on: {self.blocked}; a recorded graph holds such "
                      "values fixed (make it a tensor the step takes, or leave it constant, to compile)")
 
+    def _fallback(self, tensors, spec, at):
+        args, kwargs = _drawn(self.draws, tensors, spec, at)
+        return self.fallback(*args, **kwargs)
+
     def __call__(self, *args, **kwargs):
-        if self.blocked:
-            return self.fallback(*args, **kwargs)
         tensors, spec = _flatten(args, kwargs)
-        key = _key(tensors, spec)
+        at = None  # which input is the grey batch to binarize (`draws_inside`), if any
+        if self.draws is not None and self.draws.x is not None:
+            at = next((i for i, t in enumerate(tensors) if t is self.draws.x), None)
+        if self.blocked:
+            return self._fallback(tensors, spec, at)
+        key = _key(tensors, spec) + (at,)
         if key not in self.graphs:
             if self._state is None:
                 self._state = python_state(self.pair)
-            self.graphs[key] = self._build(args, kwargs)
+            self.graphs[key] = self._build(args, kwargs, at)
         built = self.graphs[key]
         if built is None:
             self.grad_norm, self.updated = None, False
-            return self.fallback(*args, **kwargs)
+            return self._fallback(tensors, spec, at)
         graph, updating = built
-        inputs = [p.detach() for p in self.params] + list(tensors)
+        inputs = [p.detach() for p in self.params] + ([self.draws.start] if at is not None else []) + list(tensors)
         with torch.no_grad():
             if updating:
                 loss, norm = graph(*inputs, *self._adam_state(), self._lr(inputs[0].device))[:2]
@@ -269,6 +288,15 @@ class CompiledStep:
             p.grad = g
         self.grad_norm, self.updated = out[1].sqrt(), False
         return out[0].detach()
+
+
+def _drawn(draws, tensors, spec, at):
+    """``(args, kwargs)`` with input ``at`` (the grey batch) binarized eagerly by ``draws``."""
+    if at is None:
+        return _unflatten(tensors, spec)
+    tensors = list(tensors)
+    tensors[at] = draws(tensors[at])
+    return _unflatten(tensors, spec)
 
 
 _SCALARS = (int, float, bool, str, type(None))

@@ -24,6 +24,7 @@ import pyro
 import torch
 
 from pvae.data.datasets import binarize as binarize_x
+from pvae.data.draws import DynamicDraws
 from pvae.infer.importance import mean_elbo
 from pvae.infer.inputs import arrange, own_model
 from pvae.infer.objectives import check_objective, configure, objective as make_objective
@@ -326,21 +327,23 @@ def _fit_epochs(run: Run, s: FitSettings) -> None:
         if ctx.active and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss, which data-parallel training needs")
         step_loss = _step_loss(pair, elbo, ctx, device)
+        draws = DynamicDraws(device) if run.binarize == "dynamic" else None
         signature = step_signature(pair, elbo, run.first_args, run.first_kwargs, device)
         if s.compile == "step":
             step_loss = _compiled(pair, elbo, run.params, step_loss, ctx, warmup_epochs, optimizer, s.clip_grad,
-                                  signature)
+                                  signature, draws)
         elif s.compile == "auto" and device.type in ("cpu", "cuda"):
             eager, total = step_loss, (epochs - run.start_epoch) * steps
             step_loss = AutoStep(eager, lambda: _compiled(pair, elbo, run.params, eager, ctx, warmup_epochs, optimizer,
-                                                          s.clip_grad, signature), total, device, signature=signature)
+                                                          s.clip_grad, signature, draws), total, device,
+                                 signature=signature)
         for epoch in range(run.start_epoch, epochs):
             t0 = time.perf_counter()
             perm = (torch.arange(n, device=device) if run.program.per_datapoint  # row i stays datapoint i
                     else torch.randperm(n, generator=shuffle).to(device))
             bar = progress_bar(range(steps), desc=f"epoch {epoch + 1}/{epochs}", progress=progress)
             total, seen, kl_scale = _train_epoch(
-                pair, step_loss, optimizer, run.params, inputs, perm, batch_size, bar, ctx, run.binarize,
+                pair, step_loss, optimizer, run.params, inputs, perm, batch_size, bar, ctx, draws,
                 s.clip_grad, faults, epoch, kl_scale=lambda global_step: min(1.0, global_step / (warmup_epochs * steps))
                 if warmup_epochs else 1.0, steps=steps)
             record = {"epoch": epoch + 1, "train_loss": float(total) / max(seen, 1),

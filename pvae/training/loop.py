@@ -53,6 +53,7 @@ class AutoStep:
         self.compiled_times: list = []
 
     grad_norm = property(lambda self: getattr(self.active, "grad_norm", None))
+    draws_inside = property(lambda self: getattr(self.active, "draws_inside", False))
     updated = property(lambda self: getattr(self.active, "updated", False))
 
     def follow_state(self) -> None:
@@ -121,7 +122,7 @@ def _step_loss(pair, elbo, ctx, device):
     return lambda *args, **kwargs: torch.as_tensor(elbo.loss_and_grads(pair.model, pair.guide, *args, **kwargs))
 
 
-def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs, optimizer, clip_grad, signature=None):
+def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs, optimizer, clip_grad, signature=None, draws=None):
     """The compiled step, Adam update included, where nothing blocks it (one line says what does);
     a graph that compiles is remembered by its ``signature`` (`step_signature`): the next run's
     compile here is priced warm."""
@@ -136,12 +137,14 @@ def _compiled(pair, elbo, params, step_loss, ctx, warmup_epochs, optimizer, clip
         speak(f"compile='step': the step stays eager: {blocked}")
         return step_loss
     return CompiledStep(pair, elbo, params, step_loss, say=speak, optimizer=optimizer, clip_grad=clip_grad,
-                        on_compiled=None if signature is None else lambda: remember(signature))
+                        on_compiled=None if signature is None else lambda: remember(signature), draws=draws)
 
 
-def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, binarize, clip_grad, faults,
+def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, bar, ctx, draws, clip_grad, faults,
                  epoch, kl_scale, steps):
-    """One pass over the data; returns (summed loss, datapoints seen, the last KL scale), all ranks summed."""
+    """One pass over the data; returns (summed loss, datapoints seen, the last KL scale), all ranks summed.
+    ``draws`` (`pvae.data.draws.DynamicDraws`, for dynamic binarization) draws each batch afresh:
+    inside the step's graph where the step does (``draws_inside``), else here."""
     pair.train()
     device = inputs.x.device
     total, seen, scale = torch.zeros((), device=device), 0, 1.0
@@ -150,12 +153,17 @@ def _train_epoch(pair, step_loss, optimizer, params, inputs, perm, batch_size, b
     if follow is not None:  # a compiled step re-records where a callback changed a value it holds fixed
         follow()
     faults.start_epoch(device)
+    if draws is not None:
+        draws.new_epoch()
+        per_step = batch_size * inputs.x[0].numel()  # each element of the epoch has its own counter
     for step in bar:
         idx = perm[step * batch_size:(step + 1) * batch_size]
         idx = idx[ctx.rank::ctx.world] if ctx.active else idx
         xb = inputs.x.index_select(0, idx)
-        if binarize == "dynamic":
-            xb = (torch.rand_like(xb) < xb).to(xb.dtype)  # Bernoulli(xb); twice as fast as torch.bernoulli on CPU
+        if draws is not None:
+            draws.at(step, per_step, xb)
+            if not getattr(step_loss, "draws_inside", False):
+                xb = draws(xb)
         args, kwargs = inputs.take(idx, x=xb)
         scale = kl_scale(epoch * steps + step + 1)
         if anneal is not None:
