@@ -93,21 +93,26 @@ def test_compiled_evaluation_on_cuda_draws_what_the_eager_pass_draws():
 def test_a_cuda_step_makes_no_host_sync():
     """The captured step's replay, with the batch gathered and binarized on the device, does not
     wait for the GPU (torch.cuda.set_sync_debug_mode("error") raises on any synchronizing call)."""
+    from pvae.data.draws import DynamicDraws
     from pvae.infer.compiled import CompiledStep
 
     torch.manual_seed(0)
     m = pvae.VAE(x_shape=(784,), latent_dim=8, hidden=(64,)).cuda()
     params = list(m.parameters())
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)
-    step = CompiledStep(m, pvae.objective("elbo"), params, fallback=None, say=pytest.fail, optimizer=opt)
+    draws = DynamicDraws("cuda")
+    draws.new_epoch()
+    step = CompiledStep(m, pvae.objective("elbo"), params, fallback=None, say=pytest.fail, optimizer=opt, draws=draws)
     x = torch.rand(400, 784, device="cuda")
     for i in range(5):  # 3 warm-up steps, the capture, a replay
-        step((torch.rand(40, 784, device="cuda") < x[i * 40:(i + 1) * 40]).float())
+        draws.at(i, 40 * 784, x[i * 40:(i + 1) * 40])
+        step(draws.x)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i in range(5, 9):
             xb = x.index_select(0, torch.arange(i * 40, (i + 1) * 40, device="cuda"))
-            step((torch.rand_like(xb) < xb).float())
+            draws.at(i, 40 * 784, xb)  # the counter is filled in on the device, the draw is in the graph
+            step(xb)
     finally:
         torch.cuda.set_sync_debug_mode("default")

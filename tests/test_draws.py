@@ -135,3 +135,30 @@ def test_a_run_trains_on_the_same_draws_compiled_or_eager():
     assert losses[False] == pytest.approx(losses["step"], rel=1e-5)
     # lr ~0: the same model both epochs, so only the binarization differs
     assert losses[False][0] != losses[False][1]
+
+
+def test_a_captured_step_reads_each_steps_counter():
+    """Under graph capture (the CUDA path, here with the CPU stand-in) the counter is a static input
+    filled in before each replay: every replay draws its own step's binarization, as uncaptured."""
+    from test_compiled import cpu_capture
+
+    torch.manual_seed(0)
+    grey = torch.rand(50, 784)
+    runs = {}
+    for capture in (False, True):
+        torch.manual_seed(0)
+        m = pvae.AE(x_shape=(784,), latent_dim=4, hidden=(16,))
+        params = list(m.parameters())
+        opt = torch.optim.Adam(params, lr=1e-2)
+        d = DynamicDraws("cpu")
+        d.seed = 99
+        step = CompiledStep(m, pvae.objective("elbo"), params, fallback=None, compile_graph=False, say=pytest.fail,
+                            optimizer=opt, capture=capture, capture_backend=cpu_capture, draws=d)
+        losses = []
+        for i in range(5):  # 3 warm-up calls, a capture, replays
+            xb = grey[i * 10:(i + 1) * 10].clone()
+            d.at(i, xb.numel(), xb)
+            losses.append(step(xb))
+        runs[capture] = torch.stack(losses)
+    assert torch.equal(runs[True], runs[False])
+    assert len(set(runs[False].tolist())) == 5
