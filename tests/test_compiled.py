@@ -708,7 +708,7 @@ def test_inductor_keeps_its_caches_beside_pvae_records_unless_the_user_chose_a_f
     assert where.parent == tmp_path and where.name.startswith("inductor-")
     headers = codecache._HEADER_DIR
     seen = []
-    monkeypatch.setattr(graphs, "_inductor", lambda graph, inputs: seen.append(
+    monkeypatch.setattr(graphs, "_inductor", lambda graph, inputs, *ahead: seen.append(
         (os.environ.get("TORCHINDUCTOR_CACHE_DIR"), codecache._HEADER_DIR)) or "compiled")
     assert graphs._compile_fx(None, []) == "compiled"  # every pvae compile goes through it
     assert seen == [(str(where), str(where / "precompiled_headers"))] and where.is_dir()
@@ -760,11 +760,16 @@ def test_a_graphs_kernels_build_together_and_compute_what_the_recording_computes
 
     if get_compile_threads() <= 1:
         pytest.skip("inductor compiles one kernel at a time here: nothing is batched")
-    builds = []
+    builds, ahead = [], []
     real = Cache.load_async.__func__
 
     def counted(cls, main_code, *a, **k):
-        builds.append(main_code.count("namespace pvae_kernel_"))
+        import threading
+
+        if threading.current_thread().name == "pvae-header":  # the precompiled header, built ahead
+            ahead.append((inductor_config.cpp.vec_isa_ok, "submit_fn" in k))
+        else:
+            builds.append(main_code.count("namespace pvae_kernel_"))
         return real(cls, main_code, *a, **k)
 
     monkeypatch.setattr(Cache, "load_async", classmethod(counted))
@@ -781,6 +786,34 @@ def test_a_graphs_kernels_build_together_and_compute_what_the_recording_computes
     for x, y in zip(got, want):
         torch.testing.assert_close(x, y)
     assert builds and all(n >= 1 for n in builds) and len(builds) <= 2 and sum(builds) >= 2, builds
+    # the header was asked for on a thread from the start, with the caller's inductor settings (pvae's
+    # trust in the CPU's vector instructions included), and no build was started for it
+    assert ahead == [(True, False)] or inductor_config.cpp.vec_isa_ok is not None, ahead
+
+
+def test_the_header_thread_is_joined_and_a_failure_there_changes_nothing(monkeypatch):
+    import threading
+
+    from torch._inductor import config as inductor_config
+    from torch._inductor.codecache import CppPythonBindingsCodeCache as Cache
+
+    from pvae.infer import cpp_kernels
+
+    seen = []
+
+    def failing(cls, main_code, *a, **k):
+        seen.append((threading.current_thread().name, inductor_config.max_autotune))
+        raise OSError("no compiler")
+
+    monkeypatch.setattr(Cache, "load_async", classmethod(failing))
+    with inductor_config.patch(max_autotune=True):  # a setting of the caller's thread
+        with cpp_kernels.header_ahead():
+            pass
+    assert seen == [("pvae-header", True)]
+    assert not [t for t in threading.enumerate() if t.name == "pvae-header"]
+    with inductor_config.patch(cpp_cache_precompile_headers=False), cpp_kernels.header_ahead():
+        pass
+    assert len(seen) == 1  # no header to build: no thread
 
 
 def test_a_kernel_batch_builds_one_by_one_what_it_does_not_recognise():

@@ -145,15 +145,15 @@ def _compile_fx(graph, inputs):
     """inductor's compile of ``graph`` for ``inputs``: its caches where pvae keeps them
     (`pvae.util.cache.inductor_caches`), and on the CPU its C++ kernels built together
     ([`pvae.infer.cpp_kernels`][pvae.infer.cpp_kernels])."""
-    from pvae.infer.cpp_kernels import batched_kernels
+    from pvae.infer.cpp_kernels import batched_kernels, header_ahead
     from pvae.util.cache import inductor_caches
 
     on_cpu = all(t.device.type == "cpu" for t in inputs if isinstance(t, torch.Tensor))
     with inductor_caches(), batched_kernels() if on_cpu else contextlib.nullcontext():
-        return _inductor(graph, inputs)
+        return _inductor(graph, inputs, header_ahead if on_cpu else contextlib.nullcontext)
 
 
-def _inductor(graph, inputs):
+def _inductor(graph, inputs, ahead=contextlib.nullcontext):
     import logging
 
     quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on every CPU machine
@@ -172,8 +172,12 @@ def _inductor(graph, inputs):
         fake = [fake_mode.from_tensor(t, static_shapes=True) if isinstance(t, torch.Tensor) else t for t in inputs]
     except ImportError:  # pragma: no cover - an inductor without them: compiled without the cache
         return compile_fx(graph, inputs)
+    def build():
+        with ahead():  # (inside `_trusting_the_cpu`: the header's build takes the same instruction set)
+            return compile_fx(graph, fake)
+
     with tracing(TracingContext(fake_mode)):
-        return _trusting_the_cpu(lambda: compile_fx(graph, fake))
+        return _trusting_the_cpu(build)
 
 
 def _trusting_the_cpu(build):
