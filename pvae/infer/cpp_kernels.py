@@ -16,6 +16,10 @@ precompiled header, its on-disk cache and file locks). The kernels' code is indu
 only how many files it is compiled in changes, and the compiled graph is still checked against
 the recording (`pvae.infer.graphs.compile_graph`). Kernels whose source does not have the shape
 this expects, or a batch that fails to build, are built one by one as inductor would have.
+
+`header_ahead` has inductor's precompiled header built on a thread from the start of the compile
+(the compiler runs on the second core while inductor lowers the graph on the first), so that the
+kernel builds find it ready: a machine's first compile of the ELBO step took 9.74 s, not 15.08 s.
 """
 
 from __future__ import annotations

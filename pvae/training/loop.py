@@ -21,11 +21,12 @@ from pvae.training.distributed import sum_all, wrap
 from pvae.training.settings import FitSettings
 from pvae.util.cache import SLOWER, remember, seen_before, slower_here
 
-#: what compiling the step costs, in seconds, for the IWAE paper's net on 2 CPU cores
-#: (benchmarks/README.md): with this graph compiled before on this machine (inductor's on-disk FX
-#: graph cache and pvae's product choices warm: 2.5 s for ELBO, 2.7 s for IWAE k=50) and cold (15-16 s
-#: since inductor takes the CPU's vector instructions as reported, pvae.infer.graphs; 18-20 s before)
-COMPILE_SECONDS = {"warm": 4.0, "cold": 16.0}
+#: what compiling the step costs, in seconds, for the IWAE paper's net on 2 CPU cores, importing
+#: inductor included (benchmarks/README.md): with this graph compiled before on this machine
+#: (inductor's on-disk FX graph cache and pvae's product choices warm: 1.5 s + 2.1 s import on AMD
+#: EPYC) and cold (a new net 8.2 + 2.0 s; a machine's first compile, its precompiled header built
+#: alongside, 9.7 + 1.8 s; 15-16 s on Xeon before the kernels were built together)
+COMPILE_SECONDS = {"warm": 4.0, "cold": 12.0}
 #: the compiled step's time as a share of the eager step's (measured 0.43 at k=1 and 0.57 at k=50 on
 #: CPU, 0.13 on an H200): the share of the remaining eager time that compiling saves is 1 - this
 COMPILED_SHARE = 0.6
