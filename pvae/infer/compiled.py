@@ -17,6 +17,10 @@ lets XLA compile the whole step. ``pvae.fit(..., compile="step")`` does the same
    random draws are torch's own random ops, fresh on every call. On CUDA it is captured in one
    CUDA graph after warm-up (`CapturedGraph`).
 
+With dynamic binarization (``draws``, a `pvae.data.draws.DynamicDraws`) the step takes the grey
+batch and the graph draws its binarization first, from the draws' counter (one fused kernel, the
+values the eager step draws from the same counter).
+
 A graph is kept per input shape (a last partial batch gets its own). `CompiledTerms` does the
 same for evaluation's pass of log-weights.
 
