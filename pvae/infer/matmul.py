@@ -79,7 +79,8 @@ def _disk_file() -> Path | None:
 def _load_disk() -> dict:
     path = _disk_file()
     saved = read_record(path.name) if path is not None else None
-    return {k: v for k, v in saved.items() if v in ("mkl", "onednn", "swapped")} if isinstance(saved, dict) else {}
+    choices = ("mkl", "onednn", "swapped", "float32", "bfloat16")
+    return {k: v for k, v in saved.items() if v in choices} if isinstance(saved, dict) else {}
 
 
 def _save_disk(key, choice) -> None:
@@ -117,6 +118,41 @@ def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
         _disk[on_disk] = _cache[key]
         _save_disk(on_disk, _cache[key])
     return _cache[key]
+
+
+def bf16_supported() -> bool:
+    """oneDNN multiplies bfloat16 matrices natively on this CPU (AVX-512 BF16 or AMX)."""
+    try:
+        return available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bf16_faster(a_meta, b_meta, margin: float = 0.8) -> bool:
+    """Whether the product ``a @ b`` with its inputs rounded to bfloat16 (accumulated in float32,
+    ``a`` cast on the way in and the result back to float32; ``b`` cast once, as a constant weight
+    is) beats both float32 libraries by ``1 / margin`` on this CPU: timed once per shape and stride,
+    kept on disk as `fastest` keeps its choices."""
+    global _disk
+    if not bf16_supported():
+        return False
+    key = ("bfloat16",) + tuple((tuple(m.shape), tuple(m.stride()), str(m.dtype)) for m in (a_meta, b_meta))
+    if _disk is None:
+        _disk = _load_disk()
+    on_disk = json.dumps(key)
+    if key not in _cache and on_disk in _disk:
+        _cache[key] = _disk[on_disk]
+    if key not in _cache:
+        a, b = _like(a_meta), _like(b_meta)
+        b16, op = b.to(torch.bfloat16), _linear()
+        candidates = {"float32": lambda: torch.mm(a, b), "onednn": lambda: op(a, b.t(), None, "none", [], ""),
+                      "bfloat16": lambda: torch.mm(a.to(torch.bfloat16), b16).float()}
+        with torch.no_grad():
+            times = _timed(candidates)
+        _cache[key] = "bfloat16" if times["bfloat16"] < margin * min(times["float32"], times["onednn"]) else "float32"
+        _disk[on_disk] = _cache[key]
+        _save_disk(on_disk, _cache[key])
+    return _cache[key] == "bfloat16"
 
 
 def _value(node):
