@@ -298,7 +298,7 @@ def test_the_default_evaluation_reuses_a_models_compiled_graphs_and_compiles_not
 
 
 def test_the_default_evaluation_prices_a_compile_by_what_this_machine_compiled_before(monkeypatch, tmp_path):
-    import pvae.infer.compiled as compiled_module
+    import pvae.infer.compiled_eval as compiled_module
     import pvae.infer.importance as importance
 
     monkeypatch.setenv("PVAE_CACHE_DIR", str(tmp_path))  # nothing compiled before

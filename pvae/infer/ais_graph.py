@@ -294,7 +294,7 @@ def compile_choice(compile, pair, args, kwargs, chains: int, start: str, work: i
     of what this machine compiled before; a compile is remembered for the next run's choice. The
     thresholds are CPU measurements: on another device None stays traced (``compile=True`` still
     compiles there)."""
-    from pvae.infer.compiled import eval_signature
+    from pvae.infer.compiled_eval import eval_signature
     from pvae.util.cache import compile_tier, remember
 
     exact = eval_signature(pair, args, kwargs, k=f"ais|{chains}|{start}")

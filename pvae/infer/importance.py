@@ -66,7 +66,7 @@ def iter_log_weight_terms(model, data, k: int, *, guide=None, modules=None, batc
     (on the evaluation device with ``on_device=True``). Global latents are held at their guide mean
     ([`pvae.infer.traces.fix_globals`][pvae.infer.traces.fix_globals]).
 
-    ``compile``: run each chunk as a traced and compiled graph ([`pvae.infer.compiled.CompiledTerms`][pvae.infer.compiled.CompiledTerms]);
+    ``compile``: run each chunk as a traced and compiled graph ([`pvae.infer.compiled_eval.CompiledTerms`][pvae.infer.compiled_eval.CompiledTerms]);
     None compiles from `COMPILE_FROM` particles x datapoints on (fewer where this machine compiled the
     model's pass before) and, below that, runs the graphs already compiled for this model. Programs with global latents or
     sequential particles stay eager. A guide with a point mass on a local latent is refused
@@ -150,7 +150,7 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pair -> 
 def _compiled_terms(pair, program, fixed, compile, work: int, first_pass: tuple):
     """The pair's compiled evaluation pass (kept per pair in `_COMPILED`, so later calls reuse its
     graphs), or None. ``first_pass``: ``(args, kwargs, particles)`` of the first pass."""
-    from pvae.infer.compiled import CompiledTerms, eval_signature
+    from pvae.infer.compiled_eval import CompiledTerms, eval_signature
 
     if compile is False:
         return None
