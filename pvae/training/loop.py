@@ -41,24 +41,30 @@ class AutoStep:
     """``compile="auto"``: the first ``probe`` steps run eager and are timed; if the compiled step,
     its compilation included (`compile_pays`: warm where this machine compiled the same step before,
     `pvae.util.cache.seen_before`), would finish the remaining ``steps`` sooner, it takes over
-    (``build()``). The next ``probe`` compiled steps are timed too: a compiled step that is not
-    faster than the eager one on this machine hands back to the eager step, says so in one line, and is not compiled
-    again here (`pvae.util.cache`). ``grad_norm`` and ``updated`` are the active step's."""
+    (``build()``). After its first (compiling) call, ``2 * probe`` steps alternate between the
+    compiled and the eager step, each timed: a compiled step that is not faster than the eager one
+    on this machine hands back to the eager step, says so in one line, and is not compiled again
+    here (`pvae.util.cache`). Alternating, the two are timed under the same conditions: on a shared
+    machine whose cores slow down and speed up by 1.5-2x over seconds, eager steps timed before the
+    compile against compiled ones timed after it once called a compiled step slower that was 1.7x
+    faster, and kept every later run eager. ``grad_norm`` and ``updated`` are those of the step
+    that ran last, ``draws_inside`` that of the step that runs next."""
 
     def __init__(self, eager, build, steps: int, device, probe: int = 5, signature: str | None = None,
                  say=None):
         self.eager, self.build, self.steps, self.device, self.probe = eager, build, steps, device, probe
         self.signature, self.say = signature, say or (lambda line: warnings.warn(line, stacklevel=4))
-        self.active, self.calls = eager, 0
+        self.active = self.last = eager  # the step the next call runs, the step the last call ran
+        self.compiled, self.calls = None, 0
         self.eager_times: list = []
         self.compiled_times: list = []
 
-    grad_norm = property(lambda self: getattr(self.active, "grad_norm", None))
+    grad_norm = property(lambda self: getattr(self.last, "grad_norm", None))
+    updated = property(lambda self: getattr(self.last, "updated", False))
     draws_inside = property(lambda self: getattr(self.active, "draws_inside", False))
-    updated = property(lambda self: getattr(self.active, "updated", False))
 
     def follow_state(self) -> None:
-        follow = getattr(self.active, "follow_state", None)
+        follow = getattr(self.compiled, "follow_state", None)
         if follow is not None:
             follow()
 
@@ -73,25 +79,32 @@ class AutoStep:
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
+        step = self.last = self.active
+        first_compiled, window_end = self.probe + 1, self.probe + 1 + 2 * self.probe
         if self.calls <= self.probe:  # eager, timed (the first step pays one-time costs: not counted)
-            loss, seconds = self._timed(self.eager, *args, **kwargs)
+            loss, seconds = self._timed(step, *args, **kwargs)
             if self.calls > 1:
                 self.eager_times.append(seconds)
             if self.calls == self.probe and not slower_here(self.signature) and compile_pays(
                     sum(self.eager_times) / len(self.eager_times), self.steps - self.probe, seen_before(self.signature)):
-                self.active = self.build()
+                self.compiled = self.active = self.build()
             return loss
-        if self.active is self.eager or self.calls > 2 * self.probe + 1:
-            return self.active(*args, **kwargs)
-        loss, seconds = self._timed(self.active, *args, **kwargs)
-        if self.calls == self.probe + 1:  # the first compiled call traces and compiles: not timed
-            return loss
-        self.compiled_times.append(seconds)
-        if self.calls == 2 * self.probe + 1:
+        if self.compiled is None or self.calls > window_end:
+            return step(*args, **kwargs)
+        if self.calls == first_compiled:  # traces and compiles: not timed
+            loss = step(*args, **kwargs)
+            if not getattr(self.compiled, "graphs", None):  # nothing compiled (the step stays eager, said)
+                self.calls = window_end
+            self.eager_times.clear()  # from here on, eager and compiled steps alternate
+        else:
+            loss, seconds = self._timed(step, *args, **kwargs)
+            (self.eager_times if step is self.eager else self.compiled_times).append(seconds)
+        self.active = self.eager if step is self.compiled and self.calls < window_end else self.compiled
+        if self.calls == window_end and self.eager_times and self.compiled_times:
             eager, compiled = statistics.median(self.eager_times), statistics.median(self.compiled_times)
-            if compiled >= 0.95 * eager and getattr(self.active, "graphs", None):
+            if compiled >= 0.95 * eager:
                 self.say(f"compile='auto': the step stays eager: compiled it took {1000 * compiled:.1f} ms against "
-                         f"{1000 * eager:.1f} ms eager on this machine")
+                         f"{1000 * eager:.1f} ms eager on this machine (alternating, {len(self.compiled_times)} each)")
                 self.active = self.eager
                 if self.signature:
                     remember(self.signature, SLOWER)
