@@ -125,8 +125,10 @@ def write_record(name: str, value) -> None:
 
 COMPILED = "compiled-steps.json"  # where inductor's caches are the user's (or inductor's default)
 #: steps whose compiled form was not faster on this machine; ".v2": verdicts taken before denormals were
-#: flushed on torch's worker threads (pvae.util.denormals) blamed the compiled step for them, and are void
-SLOWER = "slower-compiled-steps.v2.json"
+#: flushed on torch's worker threads (pvae.util.denormals) blamed the compiled step for them; ".v3": verdicts
+#: that compared eager steps timed before the compile with compiled ones timed after it (a machine slowing
+#: down in between blamed the compiled step; `pvae.training.loop.AutoStep` now alternates them): both void
+SLOWER = "slower-compiled-steps.v3.json"
 
 
 def compiled_record() -> str:
