@@ -78,7 +78,7 @@ def steering_products(gm, values: int = 4) -> int:
     """Rewrite, in place, the float32 CPU products (``aten.mm``, ``aten.addmm``) of ``gm`` that
     no one of its first ``values`` outputs depends on, to run on bfloat16 inputs (float32
     accumulation and result) where `pvae.infer.matmul.bf16_faster` says so; returns how many."""
-    from pvae.infer.matmul import bf16_faster, bf16_supported
+    from pvae.infer.matmul import bf16_faster, bf16_supported, replace
 
     if not bf16_supported():
         return 0
@@ -108,9 +108,7 @@ def steering_products(gm, values: int = 4) -> int:
                                       {"dtype": torch.float32})
             if bias is not None:
                 new = graph.call_function(aten.add.Tensor, (new, bias))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
+        replace(graph, node, new)
         done += 1
     if done:
         graph.lint()

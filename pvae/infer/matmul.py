@@ -96,14 +96,9 @@ def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
     which spares oneDNN a copy of a transposed ``a``, as in a weight gradient). oneDNN must beat MKL
     by ``1 / margin``; timed once per shape and stride, and kept on disk (`_disk_file`) for the next
     process on this CPU and torch."""
-    global _disk
     key = tuple((tuple(m.shape), tuple(m.stride()), str(m.dtype)) for m in (a_meta, b_meta)) + (bias_meta is not None,)
-    if _disk is None:
-        _disk = _load_disk()
-    on_disk = json.dumps(key)
-    if key not in _cache and on_disk in _disk:
-        _cache[key] = _disk[on_disk]
-    if key not in _cache:
+
+    def choose():
         a, b = _like(a_meta), _like(b_meta)
         bias = None if bias_meta is None else _like(bias_meta)
         op = _linear()
@@ -114,8 +109,22 @@ def fastest(a_meta, b_meta, bias_meta=None, margin: float = 0.9) -> str:
         with torch.no_grad():
             times = _timed(candidates)
         times["mkl"] *= margin
-        _cache[key] = min(times, key=times.get)
-        _disk[on_disk] = _cache[key]
+        return min(times, key=times.get)
+
+    return _chosen(key, choose)
+
+
+def _chosen(key, choose) -> str:
+    """The choice kept for ``key``: this process's, else an earlier process's on disk, else
+    ``choose()`` (a timing), then kept both ways."""
+    global _disk
+    if _disk is None:
+        _disk = _load_disk()
+    on_disk = json.dumps(key)
+    if key not in _cache and on_disk in _disk:
+        _cache[key] = _disk[on_disk]
+    if key not in _cache:
+        _cache[key] = _disk[on_disk] = choose()
         _save_disk(on_disk, _cache[key])
     return _cache[key]
 
@@ -133,26 +142,20 @@ def bf16_faster(a_meta, b_meta, margin: float = 0.8) -> bool:
     ``a`` cast on the way in and the result back to float32; ``b`` cast once, as a constant weight
     is) beats both float32 libraries by ``1 / margin`` on this CPU: timed once per shape and stride,
     kept on disk as `fastest` keeps its choices."""
-    global _disk
     if not bf16_supported():
         return False
     key = ("bfloat16",) + tuple((tuple(m.shape), tuple(m.stride()), str(m.dtype)) for m in (a_meta, b_meta))
-    if _disk is None:
-        _disk = _load_disk()
-    on_disk = json.dumps(key)
-    if key not in _cache and on_disk in _disk:
-        _cache[key] = _disk[on_disk]
-    if key not in _cache:
+
+    def choose():
         a, b = _like(a_meta), _like(b_meta)
         b16, op = b.to(torch.bfloat16), _linear()
         candidates = {"float32": lambda: torch.mm(a, b), "onednn": lambda: op(a, b.t(), None, "none", [], ""),
                       "bfloat16": lambda: torch.mm(a.to(torch.bfloat16), b16).float()}
         with torch.no_grad():
             times = _timed(candidates)
-        _cache[key] = "bfloat16" if times["bfloat16"] < margin * min(times["float32"], times["onednn"]) else "float32"
-        _disk[on_disk] = _cache[key]
-        _save_disk(on_disk, _cache[key])
-    return _cache[key] == "bfloat16"
+        return "bfloat16" if times["bfloat16"] < margin * min(times["float32"], times["onednn"]) else "float32"
+
+    return _chosen(key, choose) == "bfloat16"
 
 
 def _value(node):
@@ -192,14 +195,19 @@ def use_fastest_matmuls(gm: torch.fx.GraphModule) -> int:
             else:
                 b_t = graph.call_function(aten.t.default, (b,))
                 new = graph.call_function(aten.t.default, (graph.call_function(op, (b_t, a, None, "none", [], "")),))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
+        replace(graph, node, new)
         done += 1
     if done:
         graph.lint()
         gm.recompile()
     return done
+
+
+def replace(graph, node, new) -> None:
+    """``node`` of ``graph`` replaced by ``new`` (which computes the same value) in every use."""
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
 
 
 @contextlib.contextmanager
