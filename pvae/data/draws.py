@@ -23,6 +23,8 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 GAMMA = 0x9E3779B97F4A7C15
@@ -49,14 +51,15 @@ def mix(state: torch.Tensor) -> torch.Tensor:
     return z ^ _shift(z, 31)
 
 
+def _steps(shape, device) -> torch.Tensor:
+    """c * gamma (mod 2^64) for each element c of ``shape``, row-major: its state's offset from element 0's."""
+    return torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(shape) * signed(GAMMA)
+
+
 def uniform(shape, start: torch.Tensor) -> torch.Tensor:
     """float32 uniforms in [0, 1) of ``shape`` (24 bits each), element c (row-major) from the state
     ``start + c * gamma``; ``start`` is a 0-dim int64 tensor, the state of element 0."""
-    n = 1
-    for d in shape:
-        n *= int(d)
-    c = torch.arange(n, device=start.device, dtype=torch.int64).view(shape)
-    return _shift(mix(start + c * signed(GAMMA)), 40).to(torch.float32) * (2.0 ** -24)
+    return _shift(mix(start + _steps(shape, start.device)), 40).to(torch.float32) * (2.0 ** -24)
 
 
 def bernoulli(p: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -71,7 +74,7 @@ def state_at(seed: int, counter: int) -> int:
 
 class DynamicDraws:
     """A training run's binarization stream. ``new_epoch()`` takes the epoch's seed from torch's
-    generator; ``at(step, rows_per_step)`` sets ``start`` (a 0-dim int64 tensor on ``device``,
+    generator; ``at(step, elements_per_step, x)`` sets ``start`` (a 0-dim int64 tensor on ``device``,
     filled in place: no host-to-device copy, and a captured CUDA graph reads it where it is) to the
     state of the step's first element; ``__call__(x)`` draws the batch eagerly. The compiled step
     draws inside its graph from the same ``start``: the same values. ``x`` is the grey batch the
@@ -94,8 +97,7 @@ class DynamicDraws:
         and a comparison on the CPU; the compiled step's graph fuses `bernoulli` itself)."""
         key = (tuple(x.shape), x.device)
         if key not in self._counters:
-            n = x.numel()
-            self._counters[key] = torch.arange(n, device=x.device, dtype=torch.int64).view(x.shape) * signed(GAMMA)
+            self._counters[key] = _steps(x.shape, x.device)
         z = self._counters[key] + self.start
         t = torch.empty_like(z)
         for bits, factor in ((30, signed(MIX1)), (27, signed(MIX2)), (31, None)):
